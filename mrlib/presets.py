@@ -1,0 +1,57 @@
+"""Presets: named sets of parameters for the synthetic data and the notebooks.
+
+A preset has two parts:
+
+* ``synth``: the keyword arguments of :class:`mrlib.data.synth.SynthConfig`, i.e. the
+  geometry and size of the synthetic cohorts (ignored when real data is given);
+* ``params``: notebook parameters; each notebook receives those its ``parameters``
+  cell declares.
+
+``smoke`` is for tests and CI, ``default`` is the README's main job on a laptop CPU,
+``full`` has fastMRI's geometry (k-space 640 x 368, images 320 x 320) for one GPU, and
+``fastmri`` runs on real data whose paths the user passes with ``--data``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .errors import ParameterError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "synth": dict(
+            image_size=64, n_slices=4, n_train=3, n_val=1, n_test=2,
+            kneemri_exams=8, kneemri_slices=6, kneemri_size=64, n_coils=4,
+        ),
+        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+    },
+    "default": {
+        "synth": dict(
+            image_size=128, n_slices=10, n_train=12, n_val=4, n_test=4,
+            kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
+        ),
+        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+    },
+    "full": {
+        "synth": dict(
+            image_size=320, n_slices=35, n_train=40, n_val=10, n_test=10,
+            kneemri_exams=120, kneemri_slices=32, kneemri_size=320, n_coils=15,
+        ),
+        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+    },
+    "fastmri": {
+        "synth": None,  # real data only: pass --data
+        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+    },
+}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """Return a deep copy of preset ``name``; raise :class:`ParameterError` if unknown."""
+    if name not in PRESETS:
+        raise ParameterError(
+            "--preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}"
+        )
+    return copy.deepcopy(PRESETS[name])
