@@ -1,0 +1,90 @@
+"""The run manifest: what notebook 01 found in the data directory, for every later step.
+
+``RUN/manifest.json`` lists the fastMRI splits (files, slices, shapes, acquisitions), the
+annotation and kneeMRI locations with their counts, and the checks that passed. Later
+notebooks read the data through it instead of searching the directory again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import read_json, write_json
+from ..errors import DataError
+from .check import check_data_dir
+from .fastmri_h5 import find_splits, validate_h5
+
+MANIFEST = "manifest.json"
+
+
+def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bool = True) -> dict[str, Any]:
+    """Validate ``data_dir`` and describe it.
+
+    Raises:
+        DataError: naming the first problem (and how many there are) if any check fails.
+    """
+    data_dir = Path(data_dir).resolve()
+    report = check_data_dir(data_dir, deep=deep)
+    if not report.ok:
+        where, what = report.problems[0]
+        more = f" (and {len(report.problems) - 1} more problems; run python -m mrlib check-data {data_dir})"
+        raise DataError(where, what + (more if len(report.problems) > 1 else ""))
+    splits = {}
+    for split, split_dir in find_splits(data_dir, challenge).items():
+        infos = [validate_h5(p, check_finite=False) for p in sorted(split_dir.glob("*.h5"))]
+        splits[split] = {
+            "dir": str(split_dir),
+            "files": [
+                {
+                    "name": i.path.name,
+                    "n_slices": i.n_slices,
+                    "kspace_shape": list(i.kspace_shape),
+                    "target_shape": list(i.target_shape) if i.target_shape else None,
+                    "acquisition": i.acquisition,
+                }
+                for i in infos
+            ],
+        }
+    if not splits:
+        raise DataError(data_dir / "fastmri", f"no {challenge}_{{train,val,test}} directories")
+    first = next(f for s in splits.values() for f in s["files"])
+    annotations = data_dir / "annotations" / "knee.csv"
+    kneemri = data_dir / "kneemri" / "metadata.csv"
+    synth = data_dir / "synth.json"
+    return {
+        "data_dir": str(data_dir),
+        "challenge": challenge,
+        "splits": splits,
+        "counts": {
+            s: {"volumes": len(v["files"]), "slices": sum(f["n_slices"] for f in v["files"])}
+            for s, v in splits.items()
+        },
+        "kspace_shape": first["kspace_shape"][-2:],
+        "image_size": first["target_shape"][-2:] if first["target_shape"] else None,
+        "annotations": str(annotations) if annotations.is_file() else None,
+        "kneemri": str(kneemri.parent) if kneemri.is_file() else None,
+        "found": report.found,
+        "checks": {"ok": True, "deep": deep, "problems": []},
+        "synthetic": json.loads(synth.read_text()) if synth.is_file() else None,
+    }
+
+
+def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``RUN/manifest.json`` atomically."""
+    return write_json(Path(run_dir) / MANIFEST, manifest)
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``RUN/manifest.json`` (written by notebook 01)."""
+    return read_json(Path(run_dir) / MANIFEST)
+
+
+def file_index(manifest: dict[str, Any]) -> dict[str, Path]:
+    """Map each volume's stem (the ``file`` column of the annotations) to its HDF5 path."""
+    return {
+        Path(f["name"]).stem: Path(split["dir"]) / f["name"]
+        for split in manifest["splits"].values()
+        for f in split["files"]
+    }

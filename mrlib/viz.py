@@ -1,0 +1,143 @@
+"""Figures and the interactive viewer used by the notebooks.
+
+Every function returns a matplotlib ``Figure`` (the notebook displays it), so the same
+figure appears in Colab, in a papermill run and in the built book.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+Box = tuple  # (x, y, width, height, label) in image coordinates
+
+
+def kspace_logmag(kspace: np.ndarray) -> np.ndarray:
+    """``log(1 + |k|)`` of complex k-space ``(rows, cols)``, for display."""
+    return np.log1p(np.abs(kspace))
+
+
+def draw_boxes(ax: plt.Axes, boxes: Sequence[Box], color: str = "#ff3b30", labels: bool = True) -> None:
+    """Draw ``(x, y, width, height, label)`` boxes on an image axis."""
+    for x, y, w, h, *rest in boxes:
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec=color, lw=1.2))
+        if labels and rest and rest[0]:
+            ax.text(x, y - 1.5, str(rest[0]), color=color, fontsize=6, va="bottom")
+
+
+def image_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    boxes: Sequence[Sequence[Box]] | None = None,
+    ncols: int = 4,
+    cmap: str = "gray",
+    size: float = 2.6,
+    vmax: float | None = None,
+    suptitle: str | None = None,
+) -> plt.Figure:
+    """Show 2-D images ``(h, w)`` in a grid, optionally with boxes drawn on each."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap=cmap, vmin=0 if cmap == "gray" else None, vmax=vmax)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+        if boxes is not None and boxes[i]:
+            draw_boxes(ax, boxes[i])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mask_figure(masks: dict[str, np.ndarray], n_rows: int) -> plt.Figure:
+    """Show 1-D column masks ``(cols,)`` as the 2-D sampling patterns they make."""
+    fig, axes = plt.subplots(1, len(masks), figsize=(2.6 * len(masks), 2.8), squeeze=False)
+    for ax, (name, mask) in zip(axes.flat, masks.items()):
+        mask = np.asarray(mask).reshape(-1)
+        ax.imshow(np.broadcast_to(mask, (n_rows, mask.size)), cmap="gray", aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name}\n{mask.mean():.1%} of columns", fontsize=8)
+        ax.set_xlabel("phase encode (column)", fontsize=7)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def recon_figure(
+    target: np.ndarray,
+    recons: dict[str, np.ndarray],
+    boxes: Sequence[Box] = (),
+    error_scale: float | None = None,
+) -> plt.Figure:
+    """Target beside reconstructions ``(h, w)`` (top) and their absolute error maps (bottom)."""
+    n = 1 + len(recons)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
+    vmax = float(target.max())
+    errors = {name: np.abs(img - target) for name, img in recons.items()}
+    error_scale = error_scale or max(float(e.max()) for e in errors.values()) or 1.0
+    axes[0, 0].imshow(target, cmap="gray", vmin=0, vmax=vmax)
+    axes[0, 0].set_title("fully sampled target", fontsize=8)
+    draw_boxes(axes[0, 0], boxes, labels=False)
+    for j, (name, img) in enumerate(recons.items(), start=1):
+        axes[0, j].imshow(img, cmap="gray", vmin=0, vmax=vmax)
+        axes[0, j].set_title(name, fontsize=8)
+        im = axes[1, j].imshow(errors[name], cmap="magma", vmin=0, vmax=error_scale)
+        axes[1, j].set_title(f"|error|, {name}", fontsize=8)
+        draw_boxes(axes[1, j], boxes, color="#30d158", labels=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[1, 1:].tolist(), shrink=0.8, label="absolute error")
+    return fig
+
+
+def viewer(
+    render: Callable[..., plt.Figure],
+    interactive: bool,
+    static: Sequence[dict] = (),
+    **sliders,
+) -> None:
+    """Show ``render(**values)`` with one ipywidgets slider per keyword, or static figures.
+
+    Args:
+        render: draws a figure for one setting, e.g. ``render(slice_num=3, acceleration=4)``.
+        interactive: ``True`` in a live notebook (Colab, JupyterLab): sliders. ``False``
+            in a headless run (papermill, the book): one static figure per ``static`` entry,
+            since a widget has no kernel behind it once the notebook is rendered.
+        static: the settings to draw when not interactive.
+        sliders: for each argument of ``render``, the sequence of values it may take.
+    """
+    from IPython.display import display
+
+    if not interactive:
+        for values in static:
+            fig = render(**values)
+            display(fig)
+            plt.close(fig)
+        return
+
+    import ipywidgets as widgets
+
+    controls = {
+        name: widgets.SelectionSlider(options=list(options), description=name, continuous_update=False)
+        for name, options in sliders.items()
+    }
+    out = widgets.Output()
+
+    def update(**values):
+        with out:
+            out.clear_output(wait=True)
+            fig = render(**values)
+            display(fig)
+            plt.close(fig)
+
+    widgets.interactive_output(update, controls)
+    display(widgets.VBox([widgets.HBox(list(controls.values())), out]))

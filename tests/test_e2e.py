@@ -1,0 +1,46 @@
+"""End to end: the smoke preset through papermill, then the book build without warnings."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mrlib import pipeline
+from mrlib.data.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _images(notebook: Path) -> int:
+    cells = json.loads(notebook.read_text())["cells"]
+    return sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_smoke_run_and_book(tmp_path):
+    run_dir = tmp_path / "run"
+
+    # A chapter that finds no manifest stops the run, naming the notebook and the cell.
+    with pytest.raises(pipeline.NotebookError) as err:
+        pipeline.run("smoke", run_dir=run_dir, notebooks=["02_masking"], overrides=["interactive=False"],
+                     progress=False)
+    assert "02_masking" in err.value.where and "cell" in err.value.problem and "manifest.json" in err.value.problem
+
+    written = pipeline.run("smoke", run_dir=run_dir, overrides=["interactive=False"], progress=False)
+    assert [p.stem for p in written] == list(pipeline.NOTEBOOKS)
+
+    manifest = read_manifest(run_dir)
+    assert manifest["checks"]["ok"] and manifest["counts"]["train"]["volumes"] == 3
+    assert manifest["image_size"] == [64, 64] and manifest["kspace_shape"] == [128, 74]
+    masking_spec = json.loads((run_dir / "masking.json").read_text())
+    assert masking_spec["accelerations"] == [4, 8]
+    assert not list(run_dir.rglob("*.part")), "a temporary file was left behind"
+    for nb in written:
+        assert _images(nb) >= 3, f"{nb.name} shows too few figures"
+
+    index = pipeline.build_book()
+    html = index.parent
+    assert index.is_file()
+    for nb in pipeline.NOTEBOOKS:
+        page = html / "book" / "notebooks" / f"{nb}.html"
+        assert page.is_file() and "<img" in page.read_text()

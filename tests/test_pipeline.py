@@ -1,0 +1,106 @@
+"""The runner's parameter handling, the command line's errors, and the notebooks' form."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mrlib import pipeline
+from mrlib.errors import ParameterError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "mrlib", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_chapter_is_a_notebook_in_the_toc():
+    toc = (ROOT / "_toc.yml").read_text()
+    assert [p.stem for p in NOTEBOOKS] == list(pipeline.NOTEBOOKS)
+    for nb in pipeline.NOTEBOOKS:
+        assert f"book/notebooks/{nb}" in toc
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_clean_and_has_one_literal_parameters_cell(path):
+    cells = json.loads(path.read_text())["cells"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c["cell_type"] == "code")
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    tree = ast.parse("".join(tagged[0]["source"]))
+    for stmt in tree.body:
+        assert isinstance(stmt, ast.Assign), ast.dump(stmt)
+        ast.literal_eval(stmt.value)  # raises if not a literal
+    assert "run_dir" in pipeline.declared_parameters(path)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_with_a_colab_badge_for_this_repository(path):
+    cells = json.loads(path.read_text())["cells"]
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    slug = repo.removeprefix("https://github.com/")
+    first = "".join(cells[0]["source"])
+    assert f"colab.research.google.com/github/{slug}/blob/main/notebooks/{path.name}" in first
+    setup = "".join(cells[1]["source"])
+    assert '"google.colab" in sys.modules' in setup and slug in setup
+
+
+def test_overrides_are_typed_by_the_notebook_defaults():
+    params = pipeline.resolve_parameters("smoke", overrides=["seed=3", "accelerations=[4]", "center_fractions=[0.1]"])
+    assert params["01_data"]["seed"] == 3
+    assert params["02_masking"]["accelerations"] == [4]
+    assert params["02_masking"]["run_dir"] == params["01_data"]["run_dir"]
+    assert "accelerations" not in params["01_data"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("nonsense=1", "no notebook declares"),
+        ("seed=abc", "expected int"),
+        ("seed=1.5", "expected int"),
+        ("accelerations=4", "expected list"),
+        ("interactive=1", "expected bool"),
+        ("seed", "expected name=value"),
+    ],
+)
+def test_bad_overrides_are_refused(override, message):
+    with pytest.raises(ParameterError, match=message):
+        pipeline.resolve_parameters("smoke", overrides=[override])
+
+
+def test_real_data_preset_needs_a_data_directory():
+    with pytest.raises(ParameterError, match="--data"):
+        pipeline.resolve_parameters("fastmri")
+
+
+def test_cli_help_lists_every_command():
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("synth", "check-data", "run", "book"):
+        assert command in out.stdout
+        assert cli(command, "--help").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--preset", "huge"], "unknown preset 'huge'"),
+        (["run", "--preset", "smoke", "-p", "bogus=1"], "-p bogus"),
+        (["run", "--preset", "smoke", "-p", "seed=x"], "parameter seed"),
+        (["synth", "--preset", "nope", "--out", "x"], "unknown preset"),
+        (["check-data", "does/not/exist"], "does/not/exist"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(args, message, tmp_path):
+    out = cli(*args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ")
