@@ -28,8 +28,9 @@ def volume_metrics(gt: np.ndarray, pred: np.ndarray, where: str = "reconstructio
     pred = np.asarray(pred, dtype=np.float64)
     if gt.ndim != 3 or gt.shape != pred.shape:
         raise DataError(where, f"expected two (slices, h, w) volumes of one shape, got {gt.shape} and {pred.shape}")
+    # fastmri.evaluate.ssim returns a one-element array; .item() takes its value
     return {
-        "nmse": float(evaluate.nmse(gt, pred)),
-        "psnr": float(evaluate.psnr(gt, pred)),
-        "ssim": float(evaluate.ssim(gt, pred)),
+        "nmse": np.asarray(evaluate.nmse(gt, pred)).item(),
+        "psnr": np.asarray(evaluate.psnr(gt, pred)).item(),
+        "ssim": np.asarray(evaluate.ssim(gt, pred)).item(),
     }

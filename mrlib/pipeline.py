@@ -9,6 +9,8 @@ builds the Jupyter Book (1.x) from ``_config.yml`` / ``_toc.yml`` with warnings 
 from __future__ import annotations
 
 import ast
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +101,7 @@ def resolve_parameters(
     run_dir = Path(run_dir) if run_dir else root / "runs" / preset
     values: dict[str, Any] = dict(spec["params"])
     values.update(
+        interactive=False,  # papermill runs headless: static figures instead of sliders
         preset=preset,
         run_dir=str(run_dir.resolve()),
         data_dir=str(Path(data_dir).resolve()) if data_dir else "",
@@ -131,32 +134,47 @@ def run(
     Stops at the first failure with a :class:`NotebookError` naming the notebook, the
     cell and the error; the executed copy (with the traceback) is kept for reading.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     root = project_root()
     notebooks = list(notebooks)
     params = resolve_parameters(preset, data_dir, run_dir, overrides, notebooks)
     out_dir = root / "book" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for nb in tqdm(notebooks, desc=f"run {preset}", unit="notebook", disable=not progress):
-        source = root / "notebooks" / f"{nb}.ipynb"
-        target = out_dir / f"{nb}.ipynb"
-        tqdm.write(f"[mrlib] {nb}: {params[nb]}")
-        try:
-            papermill.execute_notebook(
-                str(source), str(target), parameters=params[nb], kernel_name="python3",
-                progress_bar=progress, cwd=str(root),
-            )
-        except PapermillExecutionError as exc:
-            raise NotebookError(
-                f"notebooks/{nb}.ipynb",
-                f"failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
-                f"(the executed copy with the traceback is {target})",
-            ) from None
-        written.append(target)
+    # Progress is shown here, per notebook and per cell; inside the kernels tqdm's bars are
+    # turned off, since a notebook bar saved by papermill freezes at 0 % in the book.
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        for nb in tqdm(notebooks, desc=f"run {preset}", unit="notebook", disable=not progress):
+            written.append(_execute(root, nb, params[nb], out_dir, progress))
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
     return written
+
+
+def _execute(root: Path, nb: str, params: dict[str, Any], out_dir: Path, progress: bool) -> Path:
+    """Execute one notebook with papermill; raise :class:`NotebookError` naming the failing cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = root / "notebooks" / f"{nb}.ipynb"
+    target = out_dir / f"{nb}.ipynb"
+    tqdm.write(f"[mrlib] {nb}: {params}")
+    try:
+        papermill.execute_notebook(
+            str(source), str(target), parameters=params, kernel_name="python3",
+            progress_bar=progress, cwd=str(root),
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookError(
+            f"notebooks/{nb}.ipynb",
+            f"failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+            f"(the executed copy with the traceback is {target})",
+        ) from None
+    return target
 
 
 def build_book(root: Path | None = None) -> Path:
@@ -168,8 +186,9 @@ def build_book(root: Path | None = None) -> Path:
     ]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise MrlibError("_config.yml", f"the book build failed or warned:\n{tail}")
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr).strip().splitlines()
+        found = [line for line in lines if "WARNING" in line or "ERROR" in line] or lines[-25:]
+        raise MrlibError("_config.yml", "the book build failed or warned:\n" + "\n".join(found))
     index = root / "_build" / "html" / "index.html"
     if not index.is_file():
         raise MrlibError(index, "the build finished but wrote no index.html")

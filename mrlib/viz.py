@@ -15,9 +15,10 @@ from matplotlib.patches import Rectangle
 Box = tuple  # (x, y, width, height, label) in image coordinates
 
 
-def kspace_logmag(kspace: np.ndarray) -> np.ndarray:
-    """``log(1 + |k|)`` of complex k-space ``(rows, cols)``, for display."""
-    return np.log1p(np.abs(kspace))
+def kspace_logmag(kspace: np.ndarray, floor: float = 1e-5) -> np.ndarray:
+    """``log10(|k| / max|k| + floor)`` of complex k-space ``(rows, cols)``, for display."""
+    mag = np.abs(kspace)
+    return np.log10(mag / max(float(mag.max()), np.finfo(np.float32).tiny) + floor)
 
 
 def draw_boxes(ax: plt.Axes, boxes: Sequence[Box], color: str = "#ff3b30", labels: bool = True) -> None:
@@ -47,7 +48,7 @@ def image_grid(
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(images[i], cmap=cmap, vmin=0 if cmap == "gray" else None, vmax=vmax)
+        ax.imshow(images[i], cmap=cmap, vmin=0 if cmap == "gray" and images[i].min() >= 0 else None, vmax=vmax)
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
         if boxes is not None and boxes[i]:

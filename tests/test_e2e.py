@@ -22,11 +22,10 @@ def test_smoke_run_and_book(tmp_path):
 
     # A chapter that finds no manifest stops the run, naming the notebook and the cell.
     with pytest.raises(pipeline.NotebookError) as err:
-        pipeline.run("smoke", run_dir=run_dir, notebooks=["02_masking"], overrides=["interactive=False"],
-                     progress=False)
+        pipeline.run("smoke", run_dir=run_dir, notebooks=["02_masking"], progress=False)
     assert "02_masking" in err.value.where and "cell" in err.value.problem and "manifest.json" in err.value.problem
 
-    written = pipeline.run("smoke", run_dir=run_dir, overrides=["interactive=False"], progress=False)
+    written = pipeline.run("smoke", run_dir=run_dir, progress=False)
     assert [p.stem for p in written] == list(pipeline.NOTEBOOKS)
 
     manifest = read_manifest(run_dir)

@@ -57,6 +57,7 @@ def test_overrides_are_typed_by_the_notebook_defaults():
     assert params["02_masking"]["accelerations"] == [4]
     assert params["02_masking"]["run_dir"] == params["01_data"]["run_dir"]
     assert "accelerations" not in params["01_data"]
+    assert params["02_masking"]["interactive"] is False  # papermill runs headless
 
 
 @pytest.mark.parametrize(
