@@ -1,0 +1,277 @@
+"""Tests of the synthetic knee generator and the file-format writers (small sizes)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import xml.etree.ElementTree as ET
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import fastmri
+from fastmri.data import SliceDataset
+from fastmri.data.subsample import RandomMaskFunc
+from fastmri.data.transforms import UnetDataTransform, to_tensor
+
+from mrlib.data import synth, writers
+from mrlib.data.annotations import COLUMNS, flip_y
+from mrlib.errors import DataError, ParameterError
+
+N = 64
+SMALL = dict(image_size=N, n_slices=4, n_train=2, n_val=1, n_test=1,
+             kneemri_exams=40, kneemri_slices=6, kneemri_size=64, n_coils=4)
+
+
+class _NumpyOnly(pickle.Unpickler):
+    """The restricted unpickler a kneeMRI reader uses: numpy arrays and nothing else."""
+
+    def find_class(self, module, name):
+        if module.split(".")[0] == "numpy" and name in {"_reconstruct", "ndarray", "dtype"}:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # Python 3 protocol-2 bytes (latin1)
+            return lambda text, encoding: text.encode("latin1")
+        raise pickle.UnpicklingError(f"forbidden {module}.{name}")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    summary = synth.generate(out, synth.SynthConfig(**SMALL), seed=3, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    """Volumes with lesions, each with its lesion-free twin (same subject, same noise)."""
+    cfg = synth.SynthConfig(image_size=N, n_slices=6)
+    out = []
+    for i in range(12):
+        vol = synth.make_fastmri_volume(cfg, synth.subject_rng(11, 0, 0, i))
+        if vol.lesions:
+            twin = synth.make_fastmri_volume(cfg, synth.subject_rng(11, 0, 0, i), render_lesions=False)
+            out.append((vol, twin))
+    assert len(out) >= 5
+    return out
+
+
+def test_kspace_shape():
+    assert synth.kspace_shape(320) == (640, 368)
+    assert synth.kspace_shape(128) == (256, 148)
+    assert synth.kspace_shape(64) == (128, 74)
+
+
+def test_config_validation():
+    with pytest.raises(ParameterError, match="image_size"):
+        synth.SynthConfig(image_size=10)
+    with pytest.raises(ParameterError, match="noise"):
+        synth.SynthConfig(noise=-0.1)
+    with pytest.raises(ParameterError, match="n_train"):
+        synth.SynthConfig(n_train=1.5)
+    from mrlib.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        if preset["synth"] is not None:
+            synth.SynthConfig(**preset["synth"])
+
+
+def test_layout_and_summary(dataset):
+    out, summary = dataset
+    assert summary["counts"] == {"train": 2, "val": 1, "test": 1}
+    for split, n in summary["counts"].items():
+        assert len(list((out / "fastmri" / f"singlecoil_{split}").glob("*.h5"))) == n
+    assert (out / "synth.json").is_file()
+    assert not list(out.rglob("*.part"))
+    assert summary["kneemri_exams"] == 40
+
+
+def test_slicedataset_reads_singlecoil(dataset):
+    out, _ = dataset
+    root = out / "fastmri" / "singlecoil_train"
+    ds = SliceDataset(root, "singlecoil", transform=UnetDataTransform("singlecoil"),
+                      use_dataset_cache=False)
+    assert len(ds) == 2 * SMALL["n_slices"]
+    sample = ds[0]
+    assert tuple(sample.image.shape) == (N, N)
+    assert tuple(sample.target.shape) == (N, N)
+    raw = SliceDataset(root, "singlecoil", use_dataset_cache=False)
+    kspace, _, target, attrs, fname, _ = raw[1]
+    rows, pe = synth.kspace_shape(N)
+    assert kspace.shape == (rows, pe) and kspace.dtype == np.complex64
+    assert attrs["recon_size"] == (N, N, 1) and attrs["encoding_size"] == (rows, pe, 1)
+    col_energy = np.abs(kspace).sum(axis=0)
+    zero = np.nonzero(col_energy == 0)[0]
+    left, right = attrs["padding_left"], attrs["padding_right"]
+    assert left > 0 and right < pe
+    assert set(zero) == set(range(left)) | set(range(right, pe))
+    assert attrs["acquisition"] in synth.ACQUISITIONS
+    assert isinstance(attrs["patient_id"], str)
+    with h5py.File(root / fname, "r") as hf:
+        volume = hf["reconstruction_esc"][()]
+        header = ET.fromstring(hf["ismrmrd_header"][()])
+    assert header.tag == "{http://www.ismrm.org/ISMRMRD}ismrmrdHeader"
+    assert attrs["max"] == pytest.approx(float(volume.max()))
+    assert attrs["norm"] == pytest.approx(float(np.linalg.norm(volume)), rel=1e-5)
+
+
+def test_target_is_ifft_of_kspace(dataset):
+    out, _ = dataset
+    f = sorted((out / "fastmri" / "singlecoil_val").glob("*.h5"))[0]
+    with h5py.File(f, "r") as hf:
+        kspace, target = hf["kspace"][()], hf["reconstruction_esc"][()]
+    assert target.dtype == np.float32
+    image = fastmri.ifft2c(to_tensor(kspace))
+    image = fastmri.complex_abs(fastmri.data.transforms.complex_center_crop(image, (N, N)))
+    np.testing.assert_allclose(target, image.numpy(), rtol=1e-5, atol=1e-6 * target.max())
+
+
+def test_multicoil_rss(tmp_path):
+    cfg = synth.SynthConfig(image_size=N, n_slices=2, n_coils=4)
+    vol = synth.make_fastmri_volume(cfg, synth.subject_rng(0, 0, 0, 0), multicoil=True)
+    rows, pe = synth.kspace_shape(N)
+    assert vol.kspace.shape == (2, 4, rows, pe)
+    path = writers.write_fastmri_h5(tmp_path / "multicoil_val" / "file1.h5", vol.kspace,
+                                    vol.target, vol.attrs, vol.header, multicoil=True)
+    with h5py.File(path, "r") as hf:
+        kspace, target = hf["kspace"][()], hf["reconstruction_rss"][()]
+    image = fastmri.complex_abs(fastmri.data.transforms.complex_center_crop(
+        fastmri.ifft2c(to_tensor(kspace)), (N, N)))
+    np.testing.assert_allclose(target, fastmri.rss(image, dim=1).numpy(), rtol=1e-5,
+                               atol=1e-6 * target.max())
+    ds = SliceDataset(tmp_path / "multicoil_val", "multicoil",
+                      transform=UnetDataTransform("multicoil"), use_dataset_cache=False)
+    assert tuple(ds[0].image.shape) == (N, N)
+
+
+def test_determinism():
+    cfg = synth.SynthConfig(image_size=N, n_slices=2)
+    a = synth.make_fastmri_volume(cfg, synth.subject_rng(5, 0, 0, 1))
+    b = synth.make_fastmri_volume(cfg, synth.subject_rng(5, 0, 0, 1))
+    c = synth.make_fastmri_volume(cfg, synth.subject_rng(6, 0, 0, 1))
+    assert a.kspace.tobytes() == b.kspace.tobytes()
+    assert a.header == b.header and a.attrs == b.attrs
+    assert a.kspace.tobytes() != c.kspace.tobytes()
+    va, ra = synth.make_kneemri_exam(cfg, synth.subject_rng(5, 1, 0, 0))
+    vb, rb = synth.make_kneemri_exam(cfg, synth.subject_rng(5, 1, 0, 0))
+    assert va.tobytes() == vb.tobytes() and ra == rb
+
+
+def test_boxes_cover_masks_and_lesions_visible(dataset, volumes):
+    out, summary = dataset
+    boxes = pd.read_csv(out / "annotations" / "knee.csv")
+    assert tuple(boxes.columns) == COLUMNS
+    assert len(boxes) == summary["n_boxes"] > 0
+    assert set(boxes["study_level"]) == {"No"}
+    assert set(boxes["label"]) <= set(synth.LABELS.values())
+    for fname, group in boxes.groupby("file"):
+        matches = list(out.glob(f"fastmri/*/{fname}.h5"))
+        assert len(matches) == 1
+        with h5py.File(matches[0], "r") as hf:
+            n_slices = hf["kspace"].shape[0]
+        assert group["slice"].between(0, n_slices - 1).all()
+
+    # the same boxes, from masks, on volumes with a lesion-free twin
+    for vol, twin in volumes:
+        rows = synth.boxes_from_masks("f", vol.lesions, N)
+        for lesion in vol.lesions:
+            assert lesion.mask.dtype == bool and lesion.mask.shape == vol.target.shape
+        for row in rows:
+            s = row["slice"]
+            y = flip_y(row["y"], row["height"], N)
+            box = np.zeros((N, N), bool)
+            box[y:y + row["height"], row["x"]:row["x"] + row["width"]] = True
+            lesion_masks = [l.mask[s] for l in vol.lesions if l.label == row["label"]]
+            assert any(not (m & ~box).any() and m.any() for m in lesion_masks)
+        for lesion in vol.lesions:
+            m = lesion.mask
+            diff = np.abs(vol.target[m] - twin.target[m]).mean()
+            assert diff > 0.08 * vol.target.max(), (lesion.label, diff / vol.target.max())
+    # and the tear/edema/defect is brighter than the healthy tissue there on PDFS
+    brighter = [(v.target[l.mask] - t.target[l.mask]).mean() > 0
+                for v, t in volumes if v.acquisition == "CORPDFS_FBK" for l in v.lesions]
+    assert brighter and all(brighter)
+
+
+def test_lesion_areas(volumes):
+    labels = set()
+    for vol, _ in volumes:
+        assert 1 <= len(vol.lesions) <= 3
+        for lesion in vol.lesions:
+            labels.add(lesion.label)
+            area = lesion.mask.mean(axis=(1, 2))
+            area = area[area > 0]
+            assert len(area) >= 1
+            assert (area >= 0.002).all() and (area <= 0.02).all(), (lesion.label, area)
+    assert len(labels) >= 3
+
+
+def test_kneemri(dataset):
+    out, summary = dataset
+    meta = pd.read_csv(out / "kneemri" / "metadata.csv")
+    assert list(meta.columns) == list(writers.KNEEMRI_COLUMNS)
+    assert len(meta) == 40 and meta["examId"].is_unique
+    assert set(meta["aclDiagnosis"]) == {0, 1, 2}
+    assert set(meta["kneeLR"]) <= {0, 1}
+    for row in meta.head(8).itertuples():
+        with open(out / "kneemri" / row.volumeFilename, "rb") as f:
+            vol = _NumpyOnly(io.BytesIO(f.read())).load()
+        assert type(vol) is np.ndarray and vol.dtype == np.uint16
+        assert vol.shape == (SMALL["kneemri_slices"], 64, 64)
+        assert vol.max() <= 4095 and vol.max() > 1000
+        assert 0 <= row.roiZ and row.roiZ + row.roiDepth <= vol.shape[0]
+        assert row.roiX + row.roiWidth <= 64 and row.roiY + row.roiHeight <= 64
+    # the ROI holds the ACL: rendered ACL mask inside the box
+    cfg = synth.SynthConfig(kneemri_slices=6, kneemri_size=64)
+    for i in range(3):
+        rng = synth.subject_rng(3, 1, 0, i)
+        vol, row = synth.make_kneemri_exam(cfg, rng)
+        assert row["roiDepth"] >= 1 and row["roiWidth"] >= 5 and row["roiHeight"] >= 5
+        z0 = row["roiZ"]
+        # central slices: the ROI is within the middle half of the slices
+        assert cfg.kneemri_slices // 4 <= z0 + row["roiDepth"] / 2 <= 3 * cfg.kneemri_slices // 4
+
+
+def test_kneemri_tear_visible():
+    """A torn ACL makes the ROI brighter than in the same healthy knee (PDFS fluid)."""
+    cfg = synth.SynthConfig(kneemri_slices=8, kneemri_size=64)
+    means = {0: [], 1: [], 2: []}
+    for i in range(24):
+        vol, row = synth.make_kneemri_exam(cfg, synth.subject_rng(1, 1, 0, i))
+        roi = vol[row["roiZ"]:row["roiZ"] + row["roiDepth"], row["roiY"]:row["roiY"] + row["roiHeight"],
+                  row["roiX"]:row["roiX"] + row["roiWidth"]].astype(float)
+        means[row["aclDiagnosis"]].append(roi.mean() / vol.max())
+    assert means[0] and means[2]
+    assert np.mean(means[2]) > 1.25 * np.mean(means[0])
+    assert np.mean(means[1]) > np.mean(means[0])
+
+
+def test_undersampling_degrades_lesions(volumes):
+    mask_func = RandomMaskFunc([0.08], [4], seed=0)
+    ratios = []
+    for vol, _ in volumes:
+        for lesion in vol.lesions:
+            s = int(np.argmax(lesion.mask.sum(axis=(1, 2))))
+            k = to_tensor(vol.kspace[s])
+            mask, _ = mask_func(k.shape, seed=s)
+            zf = fastmri.complex_abs(fastmri.data.transforms.complex_center_crop(
+                fastmri.ifft2c(k * mask), (N, N))).numpy()
+            err = np.abs(zf - vol.target[s])
+            rr, cc = np.nonzero(lesion.mask[s])
+            box = err[rr.min():rr.max() + 1, cc.min():cc.max() + 1]
+            ratios.append(box.mean() / err.mean())
+    assert np.mean(ratios) > 1.0, ratios
+
+
+def test_writers_reject_bad_input(tmp_path):
+    with pytest.raises(DataError, match="kspace"):
+        writers.write_fastmri_h5(tmp_path / "a.h5", np.zeros((2, 8, 8), np.float32),
+                                 np.zeros((2, 4, 4), np.float32), {}, b"")
+    k = np.full((1, 8, 8), np.nan, np.complex64)
+    with pytest.raises(DataError, match="NaN"):
+        writers.write_fastmri_h5(tmp_path / "a.h5", k, np.zeros((1, 4, 4), np.float32),
+                                 dict(acquisition="x", max=1.0, norm=1.0, patient_id="p"), b"")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(DataError):
+        writers.write_pck(tmp_path / "a.pck", np.zeros((4, 4), np.uint16))
