@@ -23,16 +23,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "synth": dict(
             image_size=64, n_slices=4, n_train=3, n_val=1, n_test=2,
-            kneemri_exams=8, kneemri_slices=6, kneemri_size=64, n_coils=4,
+            kneemri_exams=16, kneemri_slices=6, kneemri_size=64, n_coils=4,
         ),
-        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+        "params": dict(
+            accelerations=[4, 8], center_fractions=[0.08, 0.04],
+            mrnet_epochs=2, mrnet_lr=1e-4, mrnet_input_size=64,
+        ),
     },
     "default": {
         "synth": dict(
             image_size=128, n_slices=10, n_train=12, n_val=4, n_test=4,
             kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
         ),
-        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+        # MRNet from scratch on a CPU: 112 px input and lr 1e-4 (Bien et al.'s 1e-5 and
+        # 224 px fine-tune ImageNet weights, which are not available offline).
+        "params": dict(
+            accelerations=[4, 8], center_fractions=[0.08, 0.04],
+            mrnet_epochs=6, mrnet_lr=1e-4, mrnet_input_size=112,
+        ),
     },
     "full": {
         "synth": dict(

@@ -142,3 +142,35 @@ def viewer(
 
     widgets.interactive_output(update, controls)
     display(widgets.VBox([widgets.HBox(list(controls.values())), out]))
+
+
+def curves(history: Sequence[dict], panels: dict[str, Sequence[str]], title: str = "") -> plt.Figure:
+    """Training curves: one panel per entry, each plotting the named history keys per epoch."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, (name, keys) in zip(axes.flat, panels.items()):
+        for key in keys:
+            ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(labels: np.ndarray, scores: np.ndarray, auc: float, ci: Sequence[float], title: str = "") -> plt.Figure:
+    """ROC curve with its AUC and interval in the legend."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(labels).astype(int), scores)
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot(fpr, tpr, color="#0a84ff", lw=2, label=f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,99 @@
+"""The networks: the report's U-Net, fastMRI's U-Net, and MRNet.
+
+* :class:`SeedUnet` is the report's Figure 3 exactly (365,761 parameters): one pooling
+  level, 64 channels at full resolution, and no skip connection.
+* :func:`fastmri_unet` is ``fastmri.models.Unet`` (Ronneberger et al. 2015, as fastMRI's
+  baseline uses it).
+* :class:`MRNet` is Bien et al. 2018: torchvision AlexNet ``features``, global average
+  pooling, a maximum over the slices of an exam, ``Linear(256, 1)``. The report's
+  Figure 4 counts 61,101,097 parameters because it keeps AlexNet's classifier, which the
+  forward pass never uses; this module holds only what the forward pass uses.
+"""
+
+from __future__ import annotations
+
+import torch
+from fastmri.models import Unet
+from torch import nn
+
+from .errors import MrlibError
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(inplace=True),
+    )
+
+
+class SeedUnet(nn.Module):
+    """The report's U-Net (its Figure 3): ``(B, 1, H, W) -> (B, 1, H, W)``, H and W even."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(_double_conv(1, 64), nn.MaxPool2d(2))
+        self.middle = _double_conv(64, 128)
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(128, 64, kernel_size=2, stride=2),
+            _double_conv(64, 64),
+            nn.Conv2d(64, 1, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2 or x.shape[-2] % 2:
+            raise MrlibError("SeedUnet", f"needs an even image size, got {tuple(x.shape[-2:])}")
+        return self.decoder(self.middle(self.encoder(x)))
+
+
+def fastmri_unet(chans: int = 32, num_pool_layers: int = 4, drop_prob: float = 0.0) -> Unet:
+    """fastMRI's U-Net, one input and one output channel: ``(B, 1, H, W) -> (B, 1, H, W)``."""
+    return Unet(in_chans=1, out_chans=1, chans=chans, num_pool_layers=num_pool_layers, drop_prob=drop_prob)
+
+
+class MRNet(nn.Module):
+    """MRNet: one exam ``(S, 3, 224, 224)`` -> one logit ``(1,)``.
+
+    Args:
+        pretrained: load torchvision's ImageNet weights for the AlexNet features. They are
+            downloaded on first use; offline, this raises a clear :class:`MrlibError`.
+    """
+
+    def __init__(self, pretrained: bool = False) -> None:
+        super().__init__()
+        from torchvision.models import AlexNet_Weights, alexnet
+
+        weights = AlexNet_Weights.IMAGENET1K_V1 if pretrained else None
+        try:
+            backbone = alexnet(weights=weights)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError
+            raise MrlibError(
+                "pretrained", f"could not fetch ImageNet AlexNet weights ({exc}); "
+                "train from scratch (pretrained=False) or run where the internet is reachable"
+            ) from None
+        self.features = backbone.features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(256, 1)
+
+    def slice_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of each slice: ``(S, 3, H, W) -> (S, 256)``."""
+        return self.pool(self.features(x)).flatten(1)
+
+    def slice_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Each slice's own logit, before the maximum over slices: ``(S, 3, H, W) -> (S, 1)``.
+
+        Grad-CAM scores slices with this: the maximum over slices would send gradient to
+        the top slice only.
+        """
+        return self.classifier(self.slice_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise MrlibError("MRNet input", f"expected one exam (S, 3, H, W) with S >= 1, got {tuple(x.shape)}")
+        return self.classifier(self.slice_features(x).max(dim=0).values)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,140 @@
+"""Models, MRNet preprocessing and training, and the shared training loop."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mrlib import classifier
+from mrlib.errors import DataError, MrlibError, ParameterError
+from mrlib.metrics import bootstrap_auc_ci, roc_auc
+from mrlib.models import MRNet, SeedUnet, count_parameters, fastmri_unet
+from mrlib.train import fit, load_weights, save_checkpoint
+
+
+def test_parameter_counts():
+    # The report's Figure 3 U-Net, exactly.
+    assert count_parameters(SeedUnet()) == 365_761
+    # AlexNet features (2,469,696) + Linear(256, 1) (257): what MRNet's forward pass uses.
+    # The report's 61,101,097 includes AlexNet's unused classifier (58,631,144).
+    assert count_parameters(MRNet()) == 2_469_953
+    assert count_parameters(MRNet()) + 37_752_832 + 16_781_312 + 4_097_000 == 61_101_097
+    assert count_parameters(fastmri_unet(chans=32, num_pool_layers=4)) == 7_756_097
+
+
+def test_mrnet_scores_each_slice_and_takes_the_max_of_features():
+    torch.manual_seed(0)
+    model = MRNet().eval()
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        per_slice = model.slice_logits(x)
+        exam = model(x)
+        feats = model.slice_features(x)
+    assert per_slice.shape == (5, 1) and exam.shape == (1,)
+    torch.testing.assert_close(exam, model.classifier(feats.max(0).values))
+
+
+def test_exam_with_zero_slices_is_refused():
+    with pytest.raises(DataError, match="at least one slice"):
+        classifier.prepare_exam(np.zeros((0, 32, 32)), where="empty.pck")
+    with pytest.raises(MrlibError, match="S >= 1"):
+        MRNet()(torch.zeros(0, 3, 64, 64))
+
+
+@pytest.mark.parametrize("shape", [(2, 100, 80), (2, 300, 256)])
+def test_preprocessing_and_its_inverse(shape):
+    vol = np.random.default_rng(0).random(shape).astype(np.float32)
+    x = classifier.prepare_exam(vol)
+    assert x.shape == (shape[0], 3, 224, 224)
+    assert torch.equal(x[:, 0], x[:, 2])
+    assert abs(float(((x[:, 0] * classifier.STD) + classifier.MEAN).max()) - 255) < 1e-3
+    # a marker pixel in the classifier's input comes back at the source pixel it came from
+    maps = torch.zeros(shape[0], 224, 224)
+    maps[:, 112, 112] = 1
+    back = classifier.to_source(maps, shape[1:])
+    y, x_ = np.unravel_index(back[0].argmax(), shape[1:])
+    assert abs(y - shape[1] / 2) <= 2 and abs(x_ - shape[2] / 2) <= 2
+    flipped = classifier.to_source(maps.flip(-2), shape[1:], flip_ud=True)
+    np.testing.assert_allclose(flipped, back, atol=1e-6)
+
+
+def test_auc_against_a_known_case():
+    # 3 of the 4 positive/negative pairs are ordered correctly: AUC 0.75
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc([0, 1, 0, 1], [0.2, 0.2, 0.2, 0.2]) == pytest.approx(0.5)
+    low, high = bootstrap_auc_ci([0, 0, 0, 1, 1, 1] * 5, [0.1, 0.2, 0.3, 0.7, 0.8, 0.9] * 5)
+    assert low == high == 1.0
+    low, high = bootstrap_auc_ci([0, 1] * 20, np.random.default_rng(0).random(40))
+    assert 0 <= low < 0.5 < high <= 1
+    with pytest.raises(DataError, match="both classes"):
+        roc_auc([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def test_stratified_split_keeps_both_labels_everywhere():
+    labels = np.array([0] * 20 + [1] * 10)
+    splits = classifier.stratified_split(labels, seed=1)
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(30))
+    for idx in splits.values():
+        assert 0 < labels[idx].sum() < len(idx)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "unet.pt", {"model": SeedUnet().state_dict()})
+    with pytest.raises(MrlibError, match="does not fit MRNet"):
+        load_weights(MRNet(), tmp_path / "unet.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MrlibError, match="junk.pt"):
+        load_weights(MRNet(), tmp_path / "junk.pt")
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(ParameterError, match="task"):
+        classifier.load_exams({"kneemri": "x", "data_dir": "x"}, task="meniscus")
+
+
+def _tiny_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 4, generator=g)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) > 0).float()
+    return x, y
+
+
+def _train(out_dir, epochs, resume=True):
+    torch.manual_seed(0)
+    x, y = _tiny_problem()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def batches(epoch):
+        order = np.random.default_rng([0, epoch]).permutation(32)
+        return [order[i : i + 8] for i in range(0, 32, 8)]
+
+    history = fit(
+        model, batches, lambda m, idx: loss_fn(m(x[idx])[:, 0], y[idx]),
+        lambda m: {"val_loss": loss_fn(m(x)[:, 0], y).item()},
+        opt, epochs, out_dir, scheduler=sched, resume=resume, config={"lr": 1e-2}, progress=False,
+    )
+    return model, history
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    straight, h1 = _train(tmp_path / "a", epochs=4)
+    _train(tmp_path / "b", epochs=2)  # "killed" after two epochs
+    resumed, h2 = _train(tmp_path / "b", epochs=4)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert h1 == h2
+    assert json.loads((tmp_path / "b" / "history.json").read_text()) == h2
+    assert (tmp_path / "b" / "best.pt").is_file() and not list(tmp_path.rglob("*.part"))
+
+
+def test_resume_with_other_parameters_is_refused(tmp_path):
+    _train(tmp_path, epochs=1)
+    from mrlib import train as T
+
+    with pytest.raises(MrlibError, match="other parameters"):
+        T.fit(torch.nn.Linear(1, 1), lambda e: [], None, None,
+              torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1), 2, tmp_path, config={"lr": 5})
