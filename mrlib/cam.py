@@ -1,0 +1,319 @@
+"""Grad-CAM heatmaps of MRNet, per slice, through the ``grad-cam`` package.
+
+The report (section 2.1) takes Grad-CAM of MRNet's last convolutional layer as the
+regions of interest that the U-Net's loss up-weights. This module computes those maps
+with ``pytorch_grad_cam`` (it does not re-implement Grad-CAM) and stores them, one map
+per slice of every fastMRI target volume, in one HDF5 file that the weighted U-Net
+notebook reads back.
+
+Two details matter and are handled here:
+
+* **Per-slice scoring.** MRNet's exam logit is a maximum over slices, so its gradient
+  reaches only the top slice and every other slice would get an empty map. The model is
+  wrapped in :class:`SliceLogits`, whose forward is ``model.slice_logits``: each slice is
+  one batch item with its own logit, and ``ClassifierOutputTarget(0)`` scores each slice
+  by its own logit, so every slice gets its own map.
+* **Normalisation.** ``grad-cam`` rectifies each map and min-max normalises it to
+  [0, 1] *per slice* (``scale_cam_image``). A slice's map therefore says *where* the
+  classifier looked on that slice, not *how strongly* compared with other slices: a
+  slice with a weak, diffuse response gets a map whose peak is 1 all the same. The
+  slice's logit is stored beside its map (``scores``) so that a user can tell the two
+  apart. A map that is zero everywhere (no positive evidence anywhere) stays zero.
+
+HDF5 layout written by :func:`compute_heatmaps`::
+
+    /{method}/{file_stem}/maps    float32 (S, H, W), in [0, 1], the target's geometry
+    /{method}/{file_stem}/scores  float32 (S,), each slice's MRNet logit
+    attrs: methods, flip_ud, target_layer, input_size, image_shapes (JSON), mrlib_format
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .artifacts import atomic_path
+from .classifier import INPUT_SIZE, prepare_exam, to_source
+from .errors import DataError, MrlibError, ParameterError
+
+#: The CAM methods by lowercase name.
+METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
+
+#: Name of the default target layer, as stored in the heatmap file.
+DEFAULT_TARGET_LAYER = "features.11"
+
+FORMAT_VERSION = 1
+
+
+class SliceLogits(nn.Module):
+    """Wrap a model so its forward returns each slice's own logit: ``(S, 3, H, W) -> (S, 1)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.slice_logits(x)
+
+
+def check_method(method: str) -> type:
+    """Return the ``grad-cam`` class of ``method`` (case-insensitive) or raise ParameterError."""
+    key = str(method).strip().lower()
+    if key not in METHODS:
+        raise ParameterError("method", f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def default_target_layer(model: nn.Module) -> nn.Module:
+    """MRNet's last convolutional feature maps after their ReLU: ``model.features[11]``.
+
+    Why ``features[11]`` (the ReLU) and not ``features[10]`` (the Conv2d before it):
+
+    * Grad-CAM is defined on rectified feature maps of the last convolutional layer
+      (Selvaraju et al. 2017); pre-ReLU activations are mostly negative, and a sum of
+      channel weights times negative activations gives maps dominated by where
+      channels are *off*.
+    * AlexNet's ReLU is in-place. ``grad-cam`` stores a hooked activation as
+      ``output.cpu().detach()``, which on the CPU shares storage with the tensor the
+      in-place ReLU then overwrites, but on CUDA is a copy. Hooking ``features[10]``
+      would therefore give post-ReLU activations on the CPU and pre-ReLU ones on a GPU:
+      different maps for the same model. ``features[11]`` is followed by a max-pool that
+      does not write in place, so its maps do not depend on the device.
+    """
+    try:
+        return model.features[11]
+    except (AttributeError, IndexError, TypeError):
+        raise ParameterError(
+            "target_layer", f"{type(model).__name__} has no features[11]; pass target_layer explicitly"
+        ) from None
+
+
+def _layer_name(model: nn.Module, layer: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    return type(layer).__name__
+
+
+def slice_cams(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str = "gradcam",
+    target_layer: nn.Module | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CAM of every slice of one exam, each slice scored by its own logit.
+
+    Args:
+        model: an MRNet (anything with ``slice_logits: (S, 3, H, W) -> (S, 1)``).
+        x: one prepared exam ``(S, 3, 224, 224)`` (:func:`mrlib.classifier.prepare_exam`).
+        method: a key of :data:`METHODS`.
+        target_layer: the layer whose activations and gradients make the map; default
+            :func:`default_target_layer` (``model.features[11]``).
+        batch_size: slices per forward/backward pass.
+        device: where to compute; default the model's device. The model is moved there
+            (``model.to``, in place).
+
+    Returns:
+        ``(maps, scores)``: float32 ``(S, 224, 224)`` maps, each rectified and min-max
+        normalised to [0, 1] by ``grad-cam`` *on its own* (see the module docstring), and
+        float32 ``(S,)`` logits of each slice (``model.slice_logits``).
+
+    The model is put in eval mode while the maps are computed and returned to its former
+    mode afterwards; the parameters' ``.grad`` are reset to ``None``. Hooks are released
+    by the CAM object's context manager, also on error.
+    """
+    cam_cls = check_method(method)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    x = torch.as_tensor(x)
+    if x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != 3:
+        raise ParameterError("x", f"expected one prepared exam (S, 3, H, W) with S >= 1, got {tuple(x.shape)}")
+    if device is not None:
+        model.to(torch.device(device))
+    dev = next(model.parameters()).device
+    layer = default_target_layer(model) if target_layer is None else target_layer
+    was_training = model.training
+    wrapper = SliceLogits(model)
+    maps, scores = [], []
+    try:
+        with cam_cls(model=wrapper, target_layers=[layer]) as cam:
+            try:
+                for start in range(0, x.shape[0], batch_size):
+                    batch = x[start : start + batch_size].to(dev, torch.float32)
+                    targets = [ClassifierOutputTarget(0)] * batch.shape[0]
+                    maps.append(np.asarray(cam(input_tensor=batch, targets=targets), dtype=np.float32))
+                    scores.append(cam.outputs.detach()[:, 0].float().cpu().numpy())
+            except IndexError as exc:
+                # grad-cam's __exit__ swallows IndexError (it only prints it); re-raise as ours
+                raise MrlibError("grad-cam", f"{method} failed: IndexError: {exc}") from exc
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    return np.concatenate(maps, axis=0), np.concatenate(scores, axis=0)
+
+
+def compute_heatmaps(
+    model: nn.Module,
+    volumes: Iterable[tuple[str, np.ndarray]],
+    methods: Sequence[str] | str,
+    out_path: str | Path,
+    flip_ud: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+    target_layer: nn.Module | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Per-slice CAMs of fastMRI target volumes, written to one HDF5 file, atomically.
+
+    For each volume: :func:`~mrlib.classifier.prepare_exam` -> :func:`slice_cams` for
+    each method -> :func:`~mrlib.classifier.to_source` back onto the target's ``(H, W)``
+    pixels (a centre crop is pasted back with zeros outside it; a resized exam is
+    resized back).
+
+    Args:
+        model: a trained MRNet.
+        volumes: ``(file_stem, target)`` pairs, ``target`` ``(S, H, W)``, e.g. the
+            ``reconstruction_esc`` of each file of a split.
+        methods: names of :data:`METHODS` (or one name).
+        out_path: the HDF5 file to write, e.g. ``RUN/gradcam/heatmaps.h5``.
+        flip_ud: flip slices up/down before the classifier (and the maps back after).
+        batch_size, device, target_layer: passed to :func:`slice_cams`.
+        progress: show a ``tqdm`` progress bar.
+
+    Returns:
+        ``out_path``. Layout in the module docstring. Nothing is left at ``out_path``
+        (and no temporary file) if any volume fails.
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = [str(m).strip().lower() for m in methods]
+    if not methods:
+        raise ParameterError("methods", f"give at least one CAM method ({', '.join(METHODS)})")
+    for m in methods:
+        check_method(m)
+    if len(set(methods)) != len(methods):
+        raise ParameterError("methods", f"listed twice: {methods}")
+    if device is not None:
+        model.to(torch.device(device))
+    layer = default_target_layer(model) if target_layer is None else target_layer
+    layer_name = _layer_name(model, layer)
+    out_path = Path(out_path)
+    shapes: dict[str, list[int]] = {}
+    total = len(volumes) if hasattr(volumes, "__len__") else None
+    with atomic_path(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for stem, target in tqdm(volumes, total=total, desc="CAM heatmaps", disable=not progress):
+                stem = str(stem)
+                if stem in shapes:
+                    raise DataError(stem, "volume given twice to compute_heatmaps")
+                target = np.asarray(target)
+                x = prepare_exam(target, flip_ud=flip_ud, where=stem)
+                hw = tuple(int(s) for s in target.shape[-2:])
+                shapes[stem] = [int(target.shape[0]), *hw]
+                for method in methods:
+                    maps, scores = slice_cams(model, x, method, target_layer=layer, batch_size=batch_size)
+                    src = to_source(maps, hw, flip_ud=flip_ud)
+                    g = f.create_group(f"{method}/{stem}")
+                    g.create_dataset("maps", data=src.astype(np.float32), compression="gzip", compression_opts=4)
+                    g.create_dataset("scores", data=scores.astype(np.float32))
+            f.attrs["methods"] = json.dumps(methods)
+            f.attrs["flip_ud"] = bool(flip_ud)
+            f.attrs["target_layer"] = layer_name
+            f.attrs["input_size"] = INPUT_SIZE
+            f.attrs["image_shapes"] = json.dumps(shapes)
+            f.attrs["mrlib_format"] = FORMAT_VERSION
+    return out_path
+
+
+def heatmap_info(path: str | Path) -> dict:
+    """The root attributes of a heatmap file: methods, file stems, flip_ud, target layer, shapes."""
+    path = Path(path)
+    f = _open(path)
+    with f:
+        attrs = dict(f.attrs)
+        try:
+            methods = json.loads(attrs["methods"])
+            shapes = json.loads(attrs["image_shapes"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(path, "not a heatmap file written by mrlib.cam.compute_heatmaps (no methods/image_shapes)") from None
+        return dict(
+            methods=methods,
+            files=sorted(shapes),
+            image_shapes={k: tuple(v) for k, v in shapes.items()},
+            flip_ud=bool(attrs.get("flip_ud", False)),
+            target_layer=str(attrs.get("target_layer", "")),
+        )
+
+
+def _open(path: Path):
+    import h5py
+
+    if not path.is_file():
+        raise DataError(path, "heatmap file does not exist; run the Grad-CAM notebook (04_gradcam) first")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(path, f"not a readable HDF5 file ({exc})") from None
+
+
+def read_heatmaps(
+    path: str | Path,
+    method: str,
+    file_stem: str,
+    n_slices: int | None = None,
+    shape: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one volume's maps and scores from a file of :func:`compute_heatmaps`.
+
+    Args:
+        path: the heatmap HDF5 file.
+        method: a CAM method in the file.
+        file_stem: the fastMRI file stem (``file1000000``; a ``.h5`` suffix is dropped).
+        n_slices, shape: if given, the slice count and ``(H, W)`` the maps must have
+            (the target's), to catch a heatmap file that belongs to other data.
+
+    Returns:
+        ``(maps float32 (S, H, W), scores float32 (S,))``.
+
+    Raises:
+        DataError naming the file: missing, not HDF5, method or file stem not in it,
+        or maps of the wrong slice count or shape.
+    """
+    path = Path(path)
+    method = str(method).strip().lower()
+    stem = str(file_stem)
+    stem = Path(stem).name[:-3] if stem.endswith(".h5") else Path(stem).name
+    f = _open(path)
+    with f:
+        if method not in f:
+            have = sorted(f.keys())
+            raise DataError(path, f"holds no heatmaps of method {method!r} (it has: {', '.join(have) or 'none'})")
+        if stem not in f[method]:
+            raise DataError(
+                path, f"holds no {method} heatmaps for {stem!r}; the file does not match this dataset "
+                f"(it has {len(f[method])} volume(s), e.g. {', '.join(sorted(f[method])[:3])})",
+            )
+        g = f[method][stem]
+        if "maps" not in g or "scores" not in g:
+            raise DataError(path, f"{method}/{stem} lacks 'maps' or 'scores'")
+        maps = np.asarray(g["maps"][()], dtype=np.float32)
+        scores = np.asarray(g["scores"][()], dtype=np.float32)
+    if maps.ndim != 3 or scores.shape != (maps.shape[0],):
+        raise DataError(path, f"{method}/{stem}: maps {maps.shape} and scores {scores.shape} are not (S, H, W) and (S,)")
+    if n_slices is not None and maps.shape[0] != int(n_slices):
+        raise DataError(path, f"{method}/{stem} has {maps.shape[0]} slice maps but the volume has {int(n_slices)} slices")
+    if shape is not None and tuple(maps.shape[1:]) != tuple(int(s) for s in shape):
+        raise DataError(path, f"{method}/{stem} maps are {tuple(maps.shape[1:])} but the images are {tuple(shape)}")
+    return maps, scores
