@@ -171,6 +171,7 @@ def compute_heatmaps(
     progress: bool = True,
     target_layer: nn.Module | None = None,
     device: str | torch.device | None = None,
+    input_size: int = INPUT_SIZE,
 ) -> Path:
     """Per-slice CAMs of fastMRI target volumes, written to one HDF5 file, atomically.
 
@@ -188,6 +189,7 @@ def compute_heatmaps(
         flip_ud: flip slices up/down before the classifier (and the maps back after).
         batch_size, device, target_layer: passed to :func:`slice_cams`.
         progress: show a ``tqdm`` progress bar.
+        input_size: the classifier's input size (the one it was trained with).
 
     Returns:
         ``out_path``. Layout in the module docstring. Nothing is left at ``out_path``
@@ -219,7 +221,7 @@ def compute_heatmaps(
                 if stem in shapes:
                     raise DataError(stem, "volume given twice to compute_heatmaps")
                 target = np.asarray(target)
-                x = prepare_exam(target, flip_ud=flip_ud, where=stem)
+                x = prepare_exam(target, flip_ud=flip_ud, where=stem, size=input_size)
                 hw = tuple(int(s) for s in target.shape[-2:])
                 shapes[stem] = [int(target.shape[0]), *hw]
                 for method in methods:
@@ -231,7 +233,7 @@ def compute_heatmaps(
             f.attrs["methods"] = json.dumps(methods)
             f.attrs["flip_ud"] = bool(flip_ud)
             f.attrs["target_layer"] = layer_name
-            f.attrs["input_size"] = INPUT_SIZE
+            f.attrs["input_size"] = int(input_size)
             f.attrs["image_shapes"] = json.dumps(shapes)
             f.attrs["mrlib_format"] = FORMAT_VERSION
     return out_path

@@ -97,3 +97,17 @@ class MRNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+UNET_KINDS = ("unet", "seed")
+
+
+def build_unet(kind: str = "unet", chans: int = 32, num_pool_layers: int = 4) -> nn.Module:
+    """A reconstruction network by name: ``"unet"`` (fastMRI's) or ``"seed"`` (the report's)."""
+    from .errors import ParameterError
+
+    if kind == "unet":
+        return fastmri_unet(chans=chans, num_pool_layers=num_pool_layers)
+    if kind == "seed":
+        return SeedUnet()
+    raise ParameterError("model", f"unknown U-Net {kind!r}; use one of {', '.join(UNET_KINDS)}")

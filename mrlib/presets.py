@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "params": dict(
             accelerations=[4, 8], center_fractions=[0.08, 0.04],
             mrnet_epochs=2, mrnet_lr=1e-4, mrnet_input_size=64,
+            seeds=[0], chans=8, pools=2, unet_epochs=2,
         ),
     },
     "default": {
@@ -40,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "params": dict(
             accelerations=[4, 8], center_fractions=[0.08, 0.04],
             mrnet_epochs=6, mrnet_lr=1e-4, mrnet_input_size=112,
+            seeds=[0, 1], chans=16, pools=3, unet_epochs=10,
         ),
     },
     "full": {

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -153,3 +154,80 @@ def fit(
             tqdm.write(f"[{desc}] epoch {epoch + 1}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     return history
+
+
+def train_unet(
+    model: nn.Module,
+    train_bank,
+    val_bank,
+    mask_spec,
+    variant: str,
+    out_dir: str | Path,
+    train_weights: torch.Tensor | None = None,
+    val_weights: torch.Tensor | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    optimizer: str = "adam",
+    lr_step: int = 0,
+    seed: int = 0,
+    resume: bool = True,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train a reconstruction U-Net on one loss variant (:data:`mrlib.losses.VARIANTS`).
+
+    Each training step draws a fresh mask per slice (accelerations mixed as in
+    ``mask_spec``) from the seed ``(seed, epoch, step, i)``, so runs compare and a resumed
+    run repeats an uninterrupted one; validation uses fastMRI's fixed per-file masks.
+    ``best.pt`` is the epoch with the lowest plain validation MSE (``val_mse``), the same
+    yardstick for every variant; ``val_loss`` is the variant's own loss.
+
+    Args:
+        train_bank, val_bank: :class:`mrlib.recon.SliceBank` of each split.
+        train_weights, val_weights: ``(N, H, W)`` weights per slice of each bank, or ``None``.
+        optimizer: ``"adam"`` or ``"rmsprop"`` (fastMRI's U-Net baseline).
+        lr_step: divide the learning rate by 10 every ``lr_step`` epochs (0: never).
+    """
+    from .errors import ParameterError
+    from .losses import check_variant, variant_loss
+    from .masking import file_seed
+
+    check_variant(variant)
+    device = next(model.parameters()).device
+    func = mask_spec.mask_func()
+    optimizers = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+    if optimizer not in optimizers:
+        raise ParameterError("optimizer", f"unknown optimizer {optimizer!r}; use adam or rmsprop")
+    opt = optimizers[optimizer](model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, 0.1) if lr_step > 0 else None
+
+    def batches(epoch: int):
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(train_bank)))
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            idx = order[start : start + batch_size]
+            yield idx, [(seed, epoch, step, j) for j in range(len(idx))]
+
+    def run_batch(m: nn.Module, bank, idx, seeds, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        b = bank.batch(idx, func, seeds)
+        pred = m(b.image[:, None].to(device))[:, 0]
+        target = b.target.to(device)
+        w = weights[idx].to(device) if weights is not None else None
+        return variant_loss(variant, pred, target, w), torch.mean((pred - target) ** 2)
+
+    def step(m: nn.Module, batch) -> torch.Tensor:
+        idx, seeds = batch
+        return run_batch(m, train_bank, idx, seeds, train_weights)[0]
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        loss = mse = 0.0
+        for start in range(0, len(val_bank), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(val_bank)))
+            seeds = [file_seed(f"{val_bank.files[i]}.h5") for i in idx]
+            l, s = run_batch(m, val_bank, idx, seeds, val_weights)
+            loss += l.item() * len(idx)
+            mse += s.item() * len(idx)
+        return {"val_loss": loss / len(val_bank), "val_mse": mse / len(val_bank)}
+
+    return fit(model, batches, step, validate, opt, epochs, out_dir, scheduler=sched, monitor="val_mse",
+               mode="min", resume=resume, config=config, progress=progress, desc=f"U-Net {variant}")

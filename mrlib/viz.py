@@ -174,3 +174,43 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, auc: float, ci: Sequence[
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def cam_figure(
+    image: np.ndarray, maps: dict[str, np.ndarray], boxes: Sequence[Box] = (), title: str = "", size: float = 2.6
+) -> plt.Figure:
+    """The input slice ``(h, w)`` beside each heatmap ``(h, w)`` laid over it, boxes drawn."""
+    n = 1 + len(maps)
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.3), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("input", fontsize=8)
+    draw_boxes(axes[0], boxes, color="#30d158", labels=False)
+    for ax, (name, heat) in zip(axes[1:], maps.items()):
+        ax.imshow(image, cmap="gray")
+        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        y, x = np.unravel_index(np.argmax(heat), heat.shape)
+        ax.plot(x, y, marker="+", color="white", ms=8, mew=1.5)
+        ax.set_title(name, fontsize=8)
+        draw_boxes(ax, boxes, color="#30d158", labels=False)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def compare_curves(histories: dict[str, Sequence[dict]], panels: dict[str, str], log: bool = True) -> plt.Figure:
+    """One panel per history key, one line per run: ``histories[label] = [{"epoch": .., key: ..}, ...]``."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
+    for ax, (title, key) in zip(axes.flat, panels.items()):
+        for label, hist in histories.items():
+            ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        if log:
+            ax.set_yscale("log")
+    axes.flat[-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

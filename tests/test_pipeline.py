@@ -37,7 +37,10 @@ def test_notebook_is_clean_and_has_one_literal_parameters_cell(path):
     for stmt in tree.body:
         assert isinstance(stmt, ast.Assign), ast.dump(stmt)
         ast.literal_eval(stmt.value)  # raises if not a literal
-    assert "run_dir" in pipeline.declared_parameters(path)
+    declared = pipeline.declared_parameters(path)
+    assert "run_dir" in declared
+    # papermill must parse every line, or -p cannot reach that parameter
+    assert sorted(declared) == sorted(stmt.targets[0].id for stmt in tree.body)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
