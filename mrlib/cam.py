@@ -319,3 +319,38 @@ def read_heatmaps(
     if shape is not None and tuple(maps.shape[1:]) != tuple(int(s) for s in shape):
         raise DataError(path, f"{method}/{stem} maps are {tuple(maps.shape[1:])} but the images are {tuple(shape)}")
     return maps, scores
+
+
+def exam_localization(
+    model: nn.Module,
+    exams: Sequence[tuple[np.ndarray, dict[int, list]]],
+    methods: Sequence[str],
+    input_size: int = INPUT_SIZE,
+    flip_ud: bool = False,
+    batch_size: int = 16,
+):
+    """Localisation on the classifier's own kind of data: exams scored against their boxes.
+
+    Args:
+        exams: ``(volume (S, H, W), {slice: [(x, y, w, h), ...]})`` pairs, e.g. kneeMRI test
+            exams with a tear and their ACL ROI box on the slices it spans.
+        methods: CAM method names.
+
+    Returns:
+        ``pandas.DataFrame`` with the columns of :func:`mrlib.metrics.localization_table`.
+    """
+    import pandas as pd
+
+    from .metrics import LOCALIZATION_COLUMNS, localization_row
+
+    for m in methods:
+        check_method(m)
+    maps_by_method: dict[str, list] = {str(m).strip().lower(): [] for m in methods}
+    for volume, boxes in exams:
+        x = prepare_exam(volume, flip_ud=flip_ud, size=input_size)
+        for method in maps_by_method:
+            maps, _ = slice_cams(model, x, method, batch_size=batch_size)
+            src = to_source(maps, tuple(volume.shape[-2:]), flip_ud=flip_ud)
+            maps_by_method[method] += [(src[s], b) for s, b in sorted(boxes.items())]
+    rows = [localization_row(m, pairs) for m, pairs in maps_by_method.items()]
+    return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))

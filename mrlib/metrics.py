@@ -138,6 +138,17 @@ def box_iou(heatmap: np.ndarray, boxes, threshold: float = 0.5) -> float:
     return float(np.logical_and(region, gt).sum() / union) if union else 0.0
 
 
+def localization_row(method: str, pairs, iou_threshold: float = 0.5) -> dict:
+    """One row of the localisation table from ``(map (H, W), boxes)`` pairs, one per annotated slice."""
+    hits, energy, iou = [], [], []
+    for m, boxes in pairs:
+        hits.append(pointing_game(m, boxes))
+        energy.append(energy_in_boxes(m, boxes))
+        iou.append(box_iou(m, boxes, iou_threshold))
+    return dict(method=str(method).strip().lower(), n_slices=len(hits), pointing_game=float(np.mean(hits)),
+                energy_in_box=float(np.mean(energy)), iou=float(np.mean(iou)))
+
+
 def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 0.5):
     """Localisation scores of each CAM method against the ground-truth boxes.
 
@@ -173,9 +184,8 @@ def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 
             heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
             "(do the heatmaps and the annotations come from the same dataset?)",
         )
-    rows = []
-    for method in methods:
-        hits, energy, iou = [], [], []
+
+    def pairs(method):
         for stem, per_file in df.groupby("file", sort=True):
             maps, _ = read_heatmaps(heatmaps_path, method, stem)
             for slice_num, per_slice in per_file.groupby("slice", sort=True):
@@ -183,14 +193,9 @@ def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 
                     raise DataError(
                         heatmaps_path, f"annotated slice {int(slice_num)} of {stem} is beyond its {maps.shape[0]} slices"
                     )
-                boxes = list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
-                m = maps[int(slice_num)]
-                hits.append(pointing_game(m, boxes))
-                energy.append(energy_in_boxes(m, boxes))
-                iou.append(box_iou(m, boxes, iou_threshold))
-        rows.append(dict(method=str(method).strip().lower(), n_slices=len(hits),
-                         pointing_game=float(np.mean(hits)), energy_in_box=float(np.mean(energy)),
-                         iou=float(np.mean(iou))))
+                yield maps[int(slice_num)], list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
+
+    rows = [localization_row(method, pairs(method), iou_threshold) for method in methods]
     return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
 
 

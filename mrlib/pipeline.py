@@ -22,7 +22,7 @@ from .errors import MrlibError, ParameterError
 from .presets import get_preset
 
 #: The chapters, in the order they run. Each reads only what earlier ones wrote.
-NOTEBOOKS = ("01_data", "02_masking", "03_mrnet", "04_gradcam", "05_weighted_unet")
+NOTEBOOKS = ("01_data", "02_masking", "03_mrnet", "04_gradcam", "05_weighted_unet", "06_evaluation")
 
 
 class NotebookError(MrlibError):
