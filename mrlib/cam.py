@@ -196,7 +196,7 @@ def compute_heatmaps(
         (and no temporary file) if any volume fails.
     """
     import h5py
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar
 
     if isinstance(methods, str):
         methods = [methods]
@@ -216,7 +216,7 @@ def compute_heatmaps(
     total = len(volumes) if hasattr(volumes, "__len__") else None
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
-            for stem, target in tqdm(volumes, total=total, desc="CAM heatmaps", disable=not progress):
+            for stem, target in progress_bar(volumes, total=total, desc="CAM heatmaps", progress=progress):
                 stem = str(stem)
                 if stem in shapes:
                     raise DataError(stem, "volume given twice to compute_heatmaps")

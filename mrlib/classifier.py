@@ -220,7 +220,7 @@ def load_exams(
     Returns:
         ``(exams (S, 3, size, size) each, labels (n,), exam names, splits)``.
     """
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar
 
     from .data import kneemri, mrnet
     from .errors import ParameterError
@@ -233,7 +233,7 @@ def load_exams(
         ds = kneemri.KneeMRIDataset(manifest["kneemri"], task=task)
         names = list(ds.df.volumeFilename)
         exams = [prepare_exam(ds[i][0], where=names[i], size=size)
-                 for i in tqdm(range(len(ds)), desc="kneeMRI exams", disable=not progress)]
+                 for i in progress_bar(range(len(ds)), desc="kneeMRI exams", progress=progress)]
         labels = np.array(ds.labels)
         return exams, labels, names, stratified_split(labels, seed=seed)
     if source == "mrnet":
@@ -243,7 +243,7 @@ def load_exams(
         exams, labels, names, split_of = [], [], [], []
         for split in mrnet.SPLITS:
             series = mrnet.read_labels(root, split, task)
-            for exam_id, label in tqdm(series.items(), desc=f"MRNet {split}", disable=not progress):
+            for exam_id, label in progress_bar(series.items(), desc=f"MRNet {split}", progress=progress):
                 exams.append(prepare_exam(mrnet.load_exam(root, split, plane, exam_id), where=f"{split}/{exam_id}", size=size))
                 labels.append(int(label))
                 names.append(f"{split}/{plane}/{exam_id}")

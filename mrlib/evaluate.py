@@ -295,7 +295,7 @@ def evaluate(
         ParameterError: a variant or seed that was not trained.
         MrlibError: a checkpoint that does not fit the network its config names.
     """
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar
 
     from .recon import SliceBank, reconstruct, zero_filled_volume
     from .runtime import pick_device
@@ -324,7 +324,7 @@ def evaluate(
         rows.append(row)
 
     total = len(spec.accelerations) * len(stems) * (1 + len(models))
-    with tqdm(total=total, desc="evaluate", unit="volume", disable=not progress) as bar:
+    with progress_bar(total=total, desc="evaluate", unit="volume", progress=progress) as bar:
         for acc in spec.accelerations:
             func = spec.mask_func(acc)
             for stem in stems:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .errors import MrlibError, ParameterError
 from .presets import get_preset
+from .runtime import HEADLESS_ENV
 
 #: The chapters, in the order they run. Each reads only what earlier ones wrote.
 NOTEBOOKS = ("01_data", "02_masking", "03_mrnet", "04_gradcam", "05_weighted_unet", "06_evaluation")
@@ -140,18 +141,18 @@ def run(
     out_dir = root / "book" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    # Progress is shown here, per notebook and per cell; inside the kernels tqdm's bars are
+    # Progress is shown here, per notebook and per cell; inside the kernels mrlib's bars are
     # turned off, since a notebook bar saved by papermill freezes at 0 % in the book.
-    saved = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    saved = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"
     try:
         for nb in tqdm(notebooks, desc=f"run {preset}", unit="notebook", disable=not progress):
             written.append(_execute(root, nb, params[nb], out_dir, progress))
     finally:
         if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
+            os.environ.pop(HEADLESS_ENV, None)
         else:
-            os.environ["TQDM_DISABLE"] = saved
+            os.environ[HEADLESS_ENV] = saved
     return written
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -39,3 +40,15 @@ def seed_everything(seed: int) -> np.random.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+#: Set to "1" by the runner for the notebook kernels it starts: papermill saves a notebook
+#: progress bar as it was first drawn, so the book would show every bar frozen at 0 %.
+HEADLESS_ENV = "MRLIB_HEADLESS"
+
+
+def progress_bar(iterable=None, progress: bool = True, **kwargs):
+    """A ``tqdm.auto`` bar, hidden when ``progress`` is False or in a headless papermill run."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not progress or os.environ.get(HEADLESS_ENV) == "1", **kwargs)

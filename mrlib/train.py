@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .artifacts import atomic_path, write_json
 from .errors import MrlibError
+from .runtime import progress_bar
 
 Batch = Any
 
@@ -113,7 +114,7 @@ def fit(
     for epoch in range(start, epochs):
         model.train()
         total, n = 0.0, 0
-        bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+        bar = progress_bar(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, progress=progress)
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

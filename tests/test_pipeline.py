@@ -108,3 +108,13 @@ def test_cli_errors_are_one_clear_line(args, message, tmp_path):
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr.startswith("error: ")
+
+
+def test_progress_bars_are_hidden_in_headless_runs(monkeypatch):
+    from mrlib.runtime import HEADLESS_ENV, progress_bar
+
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    assert not progress_bar(range(3)).disable
+    assert progress_bar(range(3), progress=False).disable
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    assert progress_bar(range(3)).disable

@@ -801,7 +801,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     ``annotations/knee.csv``, ``kneemri/*.pck`` + ``kneemri/metadata.csv``, ``synth.json``.
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
-    from tqdm.auto import tqdm
+    from ..runtime import progress_bar
 
     if not isinstance(cfg, SynthConfig):
         raise ParameterError("cfg", f"must be a SynthConfig, got {type(cfg).__name__}")
@@ -815,7 +815,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     lesion_counts: dict[str, int] = {}
     file_no = 1000000
     total = sum(counts.values())
-    with tqdm(total=total, desc=f"synthetic fastMRI ({challenge})", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar:
         for split_id, split in enumerate(_SPLITS):
             for i in range(counts[split]):
                 fname = f"file{file_no + 1000 * split_id + i}"
@@ -830,7 +830,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
 
     meta_rows = []
     diag_counts = {0: 0, 1: 0, 2: 0}
-    with tqdm(total=cfg.kneemri_exams, desc="synthetic kneeMRI", disable=not progress) as bar:
+    with progress_bar(total=cfg.kneemri_exams, desc="synthetic kneeMRI", progress=progress) as bar:
         for i in range(cfg.kneemri_exams):
             vol, row = make_kneemri_exam(cfg, subject_rng(seed, 1, 0, i), exam_id=300000 + 17 * i)
             writers.write_pck(out / "kneemri" / row["volumeFilename"], vol)
