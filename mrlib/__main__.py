@@ -23,6 +23,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a notebook parameter, e.g. -p seed=1 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="delete an earlier run in the run directory (finished or with other parameters) first")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -51,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
     t0 = time.perf_counter()
-    written = run(args.preset, args.data, args.run_dir, args.param, progress=not args.quiet)
+    written = run(args.preset, args.data, args.run_dir, args.param, progress=not args.quiet, force=args.force)
     print(f"ran {len(written)} notebooks in {time.perf_counter() - t0:.0f} s; executed copies in "
           f"{written[-1].parent if written else 'book/notebooks'}")
     return 0

@@ -9,15 +9,19 @@ builds the Jupyter Book (1.x) from ``_config.yml`` / ``_toc.yml`` with warnings 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
+from .artifacts import read_json, write_json, write_text
 from .errors import MrlibError, ParameterError
 from .presets import get_preset
 from .runtime import HEADLESS_ENV
@@ -90,7 +94,8 @@ def resolve_parameters(
     overrides: Iterable[str] = (),
     notebooks: Iterable[str] = NOTEBOOKS,
 ) -> dict[str, dict[str, Any]]:
-    """Parameters for each notebook: preset, then paths, then ``name=value`` overrides.
+    """Every parameter of each notebook: its default, else the preset's value, the paths,
+    then ``name=value`` overrides.
 
     Raises :class:`ParameterError` for an unknown preset, an override that no notebook
     declares, or a value whose type does not match the notebook's default.
@@ -117,7 +122,8 @@ def resolve_parameters(
             )
         values[name] = value
     return {
-        nb: {name: coerce(name, values[name], default) for name, default in params.items() if name in values}
+        nb: {name: coerce(name, values[name], default) if name in values else default
+             for name, default in params.items()}
         for nb, params in declared.items()
     }
 
@@ -129,15 +135,24 @@ def run(
     overrides: Iterable[str] = (),
     notebooks: Iterable[str] = NOTEBOOKS,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
     """Execute the notebooks in order with papermill; return the executed copies.
 
     Stops at the first failure with a :class:`NotebookError` naming the notebook, the
     cell and the error; the executed copy (with the traceback) is kept for reading.
+
+    The run directory is stamped with ``run.json`` (preset and parameters). A directory
+    stamped with other parameters is refused, and so is a finished run, unless
+    ``force``, which deletes the earlier run first. An unfinished run with the same
+    parameters continues: training resumes from its last checkpoints.
     """
     root = project_root()
     notebooks = list(notebooks)
     params = resolve_parameters(preset, data_dir, run_dir, overrides, notebooks)
+    flat = {k: v for nb_params in params.values() for k, v in nb_params.items()}
+    run_path = Path(flat["run_dir"])
+    stamp = claim_run_dir(run_path, preset, flat, notebooks, force)
     out_dir = root / "book" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -148,12 +163,94 @@ def run(
     try:
         for nb in tqdm(notebooks, desc=f"run {preset}", unit="notebook", disable=not progress):
             written.append(_execute(root, nb, params[nb], out_dir, progress))
+            stamp["finished"] = sorted(set(stamp["finished"]) | {nb})
+            write_json(run_path / RUN_STAMP, stamp)
     finally:
         if saved is None:
             os.environ.pop(HEADLESS_ENV, None)
         else:
             os.environ[HEADLESS_ENV] = saved
+    write_run_info(root / "book" / "generated" / "run_info.md", stamp)
     return written
+
+
+RUN_STAMP = "run.json"
+
+
+def claim_run_dir(
+    run_dir: Path, preset: str, parameters: dict[str, Any], notebooks: list[str], force: bool = False
+) -> dict[str, Any]:
+    """Stamp ``run_dir`` for this run (``run.json``), or refuse one that belongs to another.
+
+    The stamp holds the preset, the parameters and the notebooks finished so far. A
+    directory whose stamp differs in the preset or in any parameter both runs set is
+    refused, and so is one where every notebook asked for has already finished, unless
+    ``force``, which deletes the directory first. Returns the stamp to update.
+
+    Raises:
+        MrlibError: naming the directory and, for other parameters, which ones differ.
+    """
+    path = run_dir / RUN_STAMP
+    new = json.loads(json.dumps({"preset": preset, "parameters": parameters}))
+    if force and path.is_file():
+        shutil.rmtree(run_dir)
+    if path.is_file():
+        old = read_json(path)
+        old_params = old.get("parameters", {})
+        diff = sorted(k for k in set(old_params) & set(new["parameters"]) if old_params[k] != new["parameters"][k])
+        if old.get("preset") != preset or diff:
+            what = f"parameters {', '.join(diff[:6])}" if diff else f"preset {old.get('preset')!r}"
+            raise MrlibError(
+                run_dir, f"holds a run with another {what}; use another --run-dir, or --force to delete it and start again"
+            )
+        finished = list(old.get("finished", []))
+        if set(notebooks) <= set(finished):
+            raise MrlibError(run_dir, "holds a finished run with these parameters; use --force to run it again")
+        new["parameters"] = {**old_params, **new["parameters"]}
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise MrlibError(run_dir, "is not empty and holds no run.json; choose an empty or new --run-dir")
+    else:
+        finished = []
+    stamp = {**new, "finished": finished}
+    write_json(path, stamp)
+    return stamp
+
+
+def write_run_info(path: Path, stamp: dict[str, Any]) -> Path:
+    """The book's record of what produced it: preset, parameters, versions, device, commit."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=path.parents[2])
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=path.parents[2])
+    sha = commit.stdout.strip() or "unknown (not a git checkout)"
+    if dirty.stdout.strip():
+        sha += " with uncommitted changes"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    packages = ["torch", "torchvision", "fastmri", "grad-cam", "numpy", "h5py", "scikit-image", "papermill", "jupyter-book"]
+    params: dict[str, Any] = {}
+    for nb_params in stamp["parameters"].values():
+        params.update(nb_params)
+    lines = [
+        f"This edition was produced by `python -m mrlib run --preset {stamp['preset']}` at git commit `{sha}`,",
+        f"on {device}, with Python {platform.python_version()}, on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        "",
+        "| parameter | value |", "| --- | --- |",
+        *[f"| `{k}` | `{v}` |" for k, v in sorted(params.items()) if k not in ("run_dir",)],
+        "",
+        "| package | version |", "| --- | --- |",
+        *[f"| {p} | {ver(p)} |" for p in packages],
+    ]
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def _execute(root: Path, nb: str, params: dict[str, Any], out_dir: Path, progress: bool) -> Path:
