@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from .tables import read_csv
 
 COLUMNS = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
 BOX_COLUMNS = ("file", "slice", "x", "y", "width", "height", "label")
@@ -56,14 +57,7 @@ def read_boxes(
             or sizes.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(csv_path, "annotation file does not exist")
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, skipinitialspace=True, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(csv_path, "annotation file is empty") from None
-    except Exception as exc:
-        raise DataError(csv_path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
+    raw = read_csv(csv_path, "annotation file", keep_default_na=False)
     raw = raw.rename(columns=lambda c: str(c).strip())
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:

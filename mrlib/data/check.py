@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import DataError, ParameterError
 from . import annotations as ann
 from . import fastmri_h5, kneemri, mrnet
+from .tables import read_csv
 
 
 @dataclass
@@ -170,7 +171,7 @@ def _check_annotations(csv_path: Path, report: DataReport, images: dict[str, tup
 def _check_kneemri(d: Path, report: DataReport, deep: bool) -> None:
     csv_path = d / "metadata.csv"
     try:
-        raw = kneemri._read_csv(csv_path)
+        raw = read_csv(csv_path, "metadata file")
     except DataError as exc:
         report.add(exc.where, exc.problem)
         return

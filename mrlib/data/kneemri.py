@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..errors import DataError, ParameterError
+from .tables import read_csv
 
 REQUIRED_COLUMNS = (
     "examId",
@@ -356,17 +357,6 @@ def metadata_problems(
     return df, problems
 
 
-def _read_csv(csv_path: Path) -> pd.DataFrame:
-    if not csv_path.is_file():
-        raise DataError(csv_path, "metadata file does not exist")
-    try:
-        return pd.read_csv(csv_path, dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(csv_path, "metadata file is empty") from None
-    except Exception as exc:  # ParserError, UnicodeDecodeError, ...
-        raise DataError(csv_path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
-
-
 def read_metadata(path_or_dir: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Read and validate kneeMRI ``metadata.csv``.
 
@@ -382,7 +372,7 @@ def read_metadata(path_or_dir: str | Path, check_files: bool = True) -> pd.DataF
         DataError: the first problem found, with a count of the others.
     """
     csv_path = _csv_path(path_or_dir)
-    df, problems = metadata_problems(_read_csv(csv_path), csv_path, check_files)
+    df, problems = metadata_problems(read_csv(csv_path, "metadata file"), csv_path, check_files)
     if problems:
         where, what = problems[0]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""

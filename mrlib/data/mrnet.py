@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, ParameterError
+from .tables import read_csv
 
 SPLITS = ("train", "valid")
 PLANES = ("axial", "coronal", "sagittal")
@@ -60,14 +61,7 @@ def read_labels(root: str | Path, split: str, task: str) -> pd.Series:
     _check("split", split, SPLITS)
     _check("task", task, TASKS)
     path = Path(root) / f"{split}-{task}.csv"
-    if not path.is_file():
-        raise DataError(path, "label file does not exist")
-    try:
-        df = pd.read_csv(path, header=None, dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(path, "label file is empty") from None
-    except Exception as exc:
-        raise DataError(path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
+    df = read_csv(path, "label file", header=None)
     if df.shape[1] != 2:
         raise DataError(path, f"expected 2 columns (exam id, label) but found {df.shape[1]}")
     ids, labels = (df[c].fillna("").astype(str).str.strip() for c in (0, 1))
