@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "default": {
         "synth": dict(
-            image_size=128, n_slices=10, n_train=12, n_val=4, n_test=4,
+            image_size=128, n_slices=10, n_train=12, n_val=4, n_test=8,
             kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
         ),
         # MRNet from scratch on a CPU: 112 px input and lr 1e-4 (Bien et al.'s 1e-5 and
