@@ -206,9 +206,7 @@ def test_pck_round_trip(tmp_path, protocol, dtype):
     vol = (np.arange(2 * 3 * 5).reshape(2, 3, 5) * 37 % 4096).astype(dtype)
     f = write_pck(tmp_path / "v.pck", vol, protocol)
     out = kneemri.load_pck(f)
-    reference = pickle.loads(f.read_bytes())  # our own trusted file: what numpy rebuilds
     assert type(out) is np.ndarray
-    assert out.dtype == reference.dtype  # (numpy itself makes big-endian native below protocol 5)
     assert out.dtype.newbyteorder("=") == vol.dtype.newbyteorder("=")
     if protocol == 5:
         assert out.dtype == vol.dtype  # big-endian kept
