@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import h5py
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
@@ -195,7 +196,6 @@ def compute_heatmaps(
         ``out_path``. Layout in the module docstring. Nothing is left at ``out_path``
         (and no temporary file) if any volume fails.
     """
-    import h5py
     from .runtime import progress_bar
 
     if isinstance(methods, str):
@@ -248,7 +248,7 @@ def heatmap_info(path: str | Path) -> dict:
         try:
             methods = json.loads(attrs["methods"])
             shapes = json.loads(attrs["image_shapes"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             raise DataError(path, "not a heatmap file written by mrlib.cam.compute_heatmaps (no methods/image_shapes)") from None
         return dict(
             methods=methods,
@@ -260,7 +260,6 @@ def heatmap_info(path: str | Path) -> dict:
 
 
 def _open(path: Path):
-    import h5py
 
     if not path.is_file():
         raise DataError(path, "heatmap file does not exist; run the Grad-CAM notebook (04_gradcam) first")
@@ -308,10 +307,14 @@ def read_heatmaps(
                 f"(it has {len(f[method])} volume(s), e.g. {', '.join(sorted(f[method])[:3])})",
             )
         g = f[method][stem]
-        if "maps" not in g or "scores" not in g:
-            raise DataError(path, f"{method}/{stem} lacks 'maps' or 'scores'")
+        for key in ("maps", "scores"):
+            ds = g.get(key) if isinstance(g, h5py.Group) else None
+            if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu":
+                raise DataError(path, f"{method}/{stem}/{key} is missing or not a numeric dataset")
         maps = np.asarray(g["maps"][()], dtype=np.float32)
         scores = np.asarray(g["scores"][()], dtype=np.float32)
+    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
+        raise DataError(path, f"{method}/{stem} holds NaN or Inf values")
     if maps.ndim != 3 or scores.shape != (maps.shape[0],):
         raise DataError(path, f"{method}/{stem}: maps {maps.shape} and scores {scores.shape} are not (S, H, W) and (S,)")
     if n_slices is not None and maps.shape[0] != int(n_slices):

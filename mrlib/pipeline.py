@@ -76,6 +76,8 @@ def coerce(name: str, value: Any, default: Any) -> Any:
         value = float(value) if ok else value
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple))
+        if ok and default:  # the elements must have the type of the default's elements
+            value = [coerce(f"{name}[{i}]", v, default[0]) for i, v in enumerate(value)]
         value = list(value) if ok else value
     else:
         ok = isinstance(value, type(default))
@@ -116,6 +118,8 @@ def resolve_parameters(
     known = {name: default for params in declared.values() for name, default in params.items()}
     for text in overrides:
         name, value = parse_override(text)
+        if name in ("preset", "run_dir", "data_dir"):
+            raise ParameterError(f"-p {name}", f"set it with --{name.replace('_dir', '-dir').replace('data-dir', 'data')} instead")
         if name not in known:
             raise ParameterError(
                 f"-p {name}", f"no notebook declares this parameter; known: {', '.join(sorted(known))}"
@@ -199,7 +203,7 @@ def claim_run_dir(
         old_params = old.get("parameters", {})
         diff = sorted(k for k in set(old_params) & set(new["parameters"]) if old_params[k] != new["parameters"][k])
         if old.get("preset") != preset or diff:
-            what = f"parameters {', '.join(diff[:6])}" if diff else f"preset {old.get('preset')!r}"
+            what = f"preset {old.get('preset')!r}" if old.get("preset") != preset else f"parameters {', '.join(diff[:6])}"
             raise MrlibError(
                 run_dir, f"holds a run with another {what}; use another --run-dir, or --force to delete it and start again"
             )
@@ -229,17 +233,16 @@ def write_run_info(path: Path, stamp: dict[str, Any]) -> Path:
         except PackageNotFoundError:
             return "not installed"
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=path.parents[2])
+    here = Path(__file__).resolve().parent  # git answers from inside the checkout, wherever the page goes
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=path.parents[2])
+                           cwd=here)
     sha = commit.stdout.strip() or "unknown (not a git checkout)"
     if dirty.stdout.strip():
         sha += " with uncommitted changes"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     packages = ["torch", "torchvision", "fastmri", "grad-cam", "numpy", "h5py", "scikit-image", "papermill", "jupyter-book"]
-    params: dict[str, Any] = {}
-    for nb_params in stamp["parameters"].values():
-        params.update(nb_params)
+    params = stamp["parameters"]
     lines = [
         f"This edition was produced by `python -m mrlib run --preset {stamp['preset']}` at git commit `{sha}`,",
         f"on {device}, with Python {platform.python_version()}, on {time.strftime('%Y-%m-%d %H:%M %Z')}.",

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .tables import read_csv
+from .tables import integer_column, read_csv
 
 COLUMNS = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
 BOX_COLUMNS = ("file", "slice", "x", "y", "width", "height", "label")
@@ -70,8 +70,7 @@ def read_boxes(
     out = pd.DataFrame(index=boxes.index)
     out["file"] = boxes["file"].map(_stem)
     for col in _INT_COLUMNS:
-        num = pd.to_numeric(boxes[col].str.strip(), errors="coerce")
-        bad = num.isna() | (num != np.round(num.fillna(0)))
+        num, bad = integer_column(boxes[col])
         if bad.any():
             line = bad.index[bad.to_numpy()][0]
             raise DataError(
@@ -82,7 +81,7 @@ def read_boxes(
             raise DataError(
                 csv_path, f"line {line}: {col} is negative ({int(num[line])}) (file {boxes.at[line, 'file']})"
             )
-        out[col] = num.astype(np.int64)
+        out[col] = num
     out["label"] = boxes["label"].str.strip()
     if isinstance(image_height, Mapping):
         heights = out["file"].map(lambda f: int(image_height.get(f, 320)))

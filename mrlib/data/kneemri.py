@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from ..errors import DataError, ParameterError
-from .tables import read_csv
+from .tables import integer_column, read_csv
 
 REQUIRED_COLUMNS = (
     "examId",
@@ -295,12 +295,11 @@ def metadata_problems(
     bad_rows: set = set()
     for col in INTEGER_COLUMNS:
         raw = df[col]
-        num = pd.to_numeric(raw.astype(str).str.strip(), errors="coerce")
-        bad = num.isna() | (num.notna() & (num != np.round(num.fillna(0))))
+        values, bad = integer_column(raw)
         for i in df.index[bad]:
             problems.append((where, f"line {line[i]}: {col} is {raw[i]!r}, not an integer"))
             bad_rows.add(i)
-        df[col] = num.where(~bad, -1).astype(np.int64)
+        df[col] = values
     ok = ~df.index.isin(list(bad_rows))
     for i in df.index[ok & ~df["aclDiagnosis"].isin([0, 1, 2])]:
         problems.append((where, f"line {line[i]}: aclDiagnosis is {df.at[i, 'aclDiagnosis']}, expected 0, 1 or 2"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import DataError
@@ -25,3 +26,18 @@ def read_csv(path: str | Path, what: str, **kwargs) -> pd.DataFrame:
         raise DataError(path, f"{what} is empty") from None
     except Exception as exc:  # ParserError, UnicodeDecodeError, ...
         raise DataError(path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
+
+
+def integer_column(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse a text column as integers.
+
+    Returns:
+        ``(values, bad)``: int64 values (``-1`` where bad) and a boolean mask of the
+        entries that are not finite integers within int64 (text, ``1.5``, ``inf``, ``1e400``).
+    """
+    num = pd.to_numeric(raw.astype(str).str.strip(), errors="coerce")
+    finite = np.isfinite(num.to_numpy(dtype=np.float64, na_value=np.nan))
+    small = np.abs(num.fillna(0).to_numpy(dtype=np.float64)) < 2.0**62
+    ok = pd.Series(finite & small, index=raw.index)
+    ok &= num.where(ok, 0) == np.round(num.where(ok, 0))
+    return num.where(ok, -1).astype(np.int64), ~ok
