@@ -5,14 +5,22 @@ crop, magnitude, instance normalisation, clamp to [-6, 6]; the target is normali
 the input's mean and standard deviation. :func:`unet_inputs` does the same arithmetic on a
 batch ``(B, rows, cols, 2)`` wherever the batch lives (a test checks it against
 ``UnetDataTransform`` slice by slice). A :class:`SliceBank` holds a split's k-space and
-targets in memory, so an epoch reads no file.
+targets in memory (the device's, or pinned host memory on CUDA), so an epoch reads no
+file; a :class:`StreamingBank` serves the same batches from disk with chunk-aware reads
+when a split does not fit. :func:`load_bank` picks one of the two and says why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple, Sequence
+
+import h5py
 
 import fastmri
 import numpy as np
@@ -62,6 +70,92 @@ def unet_inputs(
     return UnetBatch(image, target, mean, std)
 
 
+#: Intra-op threads for the batched transform on the CPU (``None``: torch's setting). Its
+#: operations are small (a batch is ~1 M numbers), so with several threads each one ends
+#: in a barrier, and on a loaded machine a barrier waits for a descheduled thread: on
+#: 2 busy cores, 2 threads made it 20x slower than 1. The U-Net keeps torch's setting.
+DATA_THREADS: int | None = 1
+
+
+@contextlib.contextmanager
+def data_threads(device: torch.device):
+    """Run the block with :data:`DATA_THREADS` intra-op threads when ``device`` is the CPU."""
+    if device.type != "cpu" or DATA_THREADS is None or torch.get_num_threads() == DATA_THREADS:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(DATA_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _alternating(n: int, device) -> torch.Tensor:
+    """``(-1)^k`` for ``k < n``: multiplying k-space by it centres the inverse FFT's output."""
+    return 1.0 - 2.0 * (torch.arange(n, device=device) % 2).float()
+
+
+def masked_unet_inputs(
+    kspace: torch.Tensor, masks: torch.Tensor, crop: tuple[int, int], target: torch.Tensor | None = None,
+    sparse: bool | None = None,
+) -> UnetBatch:
+    """:func:`unet_inputs` of ``apply_masks(kspace, masks)``, computed with less work.
+
+    The same numbers (to float rounding) from cheaper arithmetic:
+
+    * the centring shifts of ``ifft2c`` are folded into the k-space as ``(-1)^(row + col)``
+      (for even sizes a shift by half the length is that modulation; the other shift only
+      flips signs, which the magnitude removes), so no ``roll`` copies are made;
+    * the inverse FFT runs along the readout first and the image is cropped to the target's
+      rows before the phase-encode FFT (half the rows at fastMRI's 2x oversampling);
+    * ``sparse`` (default: on the CPU) transforms along the readout only the columns the
+      mask keeps (a quarter at 4x, an eighth at 8x): a masked column stays zero.
+
+    Args:
+        kspace: fully sampled ``(B, rows, cols, 2)``; masks: ``(B, 1, cols, 1)``.
+    """
+    B, rows, cols, _ = kspace.shape
+    if cols < crop[1]:
+        crop = (cols, cols)
+    h, w = crop
+    if rows % 2 or cols % 2 or kspace.dtype != torch.float32:
+        return unet_inputs(apply_masks(kspace, masks), crop, target)
+    device = kspace.device
+    sparse = device.type == "cpu" if sparse is None else sparse
+    with data_threads(device):
+        return _masked_unet_inputs(kspace, masks, (h, w), target, sparse)
+
+
+def _masked_unet_inputs(kspace, masks, crop, target, sparse) -> UnetBatch:
+    B, rows, cols, _ = kspace.shape
+    h, w = crop
+    device = kspace.device
+    kc = torch.view_as_complex(kspace.contiguous())
+    m = masks.to(device=device, dtype=torch.float32).reshape(B, cols)
+    row_sign, col_sign = _alternating(rows, device), _alternating(cols, device)
+    r0, c0 = (rows - h) // 2, (cols - w) // 2
+    if sparse:
+        half = torch.zeros(B, h, cols, dtype=kc.dtype, device=device)
+        for b in range(B):
+            keep = m[b].nonzero()[:, 0]
+            if keep.numel() == 0:
+                continue
+            sub = kc[b].index_select(1, keep) * (row_sign[:, None] * (col_sign[keep] * m[b, keep])[None])
+            half[b].index_copy_(1, keep, torch.fft.ifft(sub, dim=0, norm="ortho")[r0: r0 + h])
+    else:
+        mod = kc * (row_sign[None, :, None] * (col_sign * m)[:, None, :])
+        half = torch.fft.ifft(mod, dim=1, norm="ortho")[:, r0: r0 + h]
+    image = torch.fft.ifft(half, dim=2, norm="ortho")[:, :, c0: c0 + w].abs()
+    flat = image.flatten(1)
+    mean = flat.mean(1)
+    std = flat.std(1)
+    image = ((image - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
+    if target is not None:
+        target = ((target - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
+    return UnetBatch(image, target, mean, std)
+
+
 class SliceBank:
     """Every slice of a list of single-coil volumes, in memory (CPU or device).
 
@@ -73,31 +167,37 @@ class SliceBank:
         max_value: ``{stem: the volume's attrs["max"]}``.
     """
 
-    def __init__(self, paths: Sequence[str | Path], device: torch.device | str = "cpu"):
-        ks, ts, self.files, slice_nums, self.max_value, self.volumes = [], [], [], [], {}, {}
+    def __init__(self, paths: Sequence[str | Path], device: torch.device | str = "cpu",
+                 pin_memory: bool = False):
+        """Read every volume of ``paths`` once.
+
+        Args:
+            device: where batches are computed. The bank lives there too, unless
+                ``pin_memory`` is set on CUDA: then it stays in pinned host memory and each
+                batch is copied to the device asynchronously.
+        """
+        self.device = torch.device(device)
+        self.paths = [Path(p) for p in paths]
+        infos = _bank_infos(self.paths)
+        rows_cols, crop = infos[0][1], infos[0][2]
+        n_total = sum(n for n, _, _ in infos)
+        pin = bool(pin_memory) and self.device.type == "cuda"
+        kspace = _host_buffer((n_total, *rows_cols, 2), pin)
+        target = _host_buffer((n_total, *crop), pin)
+        self.files, slice_nums, self.max_value, self.volumes = [], [], {}, {}
         start = 0
-        for path in paths:
-            path = Path(path)
-            kspace, target, attrs = fastmri_h5.read_volume(path)
-            if target is None:
-                raise DataError(path, "has no target; the U-Net needs fully sampled targets to train and test")
-            if kspace.ndim != 3:
-                raise DataError(path, "is multi-coil; the U-Net chapters use single-coil data")
-            ks.append(T.to_tensor(kspace))
-            ts.append(torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)))
-            n = kspace.shape[0]
+        for path, (n, _, _) in zip(self.paths, infos):
+            stop = start + n
+            attrs = read_slices(path, range(n), torch.view_as_complex(kspace[start:stop]), target[start:stop])
             self.files += [path.stem] * n
             slice_nums += list(range(n))
-            self.volumes[path.stem] = list(range(start, start + n))
-            self.max_value[path.stem] = float(attrs.get("max", target.max()))
-            start += n
-        if not ks:
-            raise DataError("split", "no volumes to load")
-        if len({k.shape[1:] for k in ks}) > 1 or len({t.shape[1:] for t in ts}) > 1:
-            shapes = sorted({(tuple(k.shape[1:3]), tuple(t.shape[1:])) for k, t in zip(ks, ts)})
-            raise DataError(Path(paths[0]).parent, f"volumes of different shapes in one split: {shapes}")
-        self.kspace = torch.cat(ks).to(device)
-        self.target = torch.cat(ts).to(device)
+            self.volumes[path.stem] = list(range(start, stop))
+            self.max_value[path.stem] = float(attrs["max"]) if "max" in attrs else float(target[start:stop].max())
+            start = stop
+        self.pinned = pin
+        store = torch.device("cpu") if pin else self.device
+        self.kspace = kspace.to(store)
+        self.target = target.to(store)
         self.slice_nums = np.array(slice_nums)
         self.crop = tuple(self.target.shape[-2:])
 
@@ -105,11 +205,23 @@ class SliceBank:
         return self.kspace.shape[0]
 
     def batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
-        """Masked, normalised pairs for slices ``idx`` with one mask per seed."""
+        """Masked, normalised pairs for slices ``idx`` with one mask per seed, on ``self.device``."""
+        with data_threads(self.kspace.device):
+            return self._batch(idx, mask_func, seeds)
+
+    def _batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
         idx = torch.as_tensor(np.asarray(idx), device=self.kspace.device)
-        kspace = self.kspace[idx]
+        kspace, target = self.kspace[idx], self.target[idx]
+        if kspace.device != self.device:  # pinned host bank: gather on the host, copy asynchronously
+            kspace = kspace.pin_memory().to(self.device, non_blocking=True)
+            target = target.pin_memory().to(self.device, non_blocking=True)
         masks = make_masks(mask_func, kspace.shape, seeds)
-        return unet_inputs(apply_masks(kspace, masks), self.crop, self.target[idx])
+        return masked_unet_inputs(kspace, masks, self.crop, target)
+
+    def kspace_of(self, idx: Sequence[int]) -> torch.Tensor:
+        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx``, on ``self.device``."""
+        idx = torch.as_tensor(np.asarray(idx), device=self.kspace.device)
+        return self.kspace[idx].to(self.device)
 
 
 def reconstruct(
@@ -145,5 +257,294 @@ def zero_filled_volume(bank: SliceBank, stem: str, mask_func: MaskFunc) -> np.nd
     from .masking import zero_filled
 
     idx = bank.volumes[stem]
-    masks = make_masks(mask_func, bank.kspace.shape, [file_seed(f"{stem}.h5")] * len(idx))
-    return zero_filled(apply_masks(bank.kspace[idx], masks), bank.crop).cpu().numpy()
+    kspace = bank.kspace_of(idx)
+    masks = make_masks(mask_func, kspace.shape, [file_seed(f"{stem}.h5")] * len(idx))
+    return zero_filled(apply_masks(kspace, masks), bank.crop).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- reading, storage, streaming
+
+#: Bytes read per HDF5 call when a dataset is stored contiguously (no chunks): whole
+#: slabs of slices, so a read is one large sequential request.
+SLAB_BYTES = 16 << 20
+
+
+def _bank_infos(paths: Sequence[Path]) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+    """Validate the files' structure (not their values: those are checked as they are read).
+
+    Returns ``[(n_slices, (rows, cols), (h, w))]`` per file; raises :class:`DataError` for a
+    file without target, multi-coil data, or shapes that differ within the split.
+    """
+    if not paths:
+        raise DataError("split", "no volumes to load")
+    infos = []
+    for path in paths:
+        info = fastmri_h5.validate_h5(path, require_target=False, check_finite=False)
+        if info.target_key is None:
+            raise DataError(path, "has no target; the U-Net needs fully sampled targets to train and test")
+        if len(info.kspace_shape) != 3:
+            raise DataError(path, "is multi-coil; the U-Net chapters use single-coil data")
+        infos.append((info.n_slices, tuple(info.kspace_shape[1:3]), tuple(info.target_shape[-2:])))
+    if len({i[1:] for i in infos}) > 1:
+        shapes = sorted({i[1:] for i in infos})
+        raise DataError(Path(paths[0]).parent, f"volumes of different shapes in one split: {shapes}")
+    return infos
+
+
+def _host_buffer(shape: Sequence[int], pin: bool) -> torch.Tensor:
+    """An uninitialised float32 host tensor, page-locked when ``pin`` (CUDA only)."""
+    return torch.empty(tuple(shape), dtype=torch.float32, pin_memory=bool(pin) and torch.cuda.is_available())
+
+
+def _runs(slices: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Sorted slice numbers as ``(first, stop, position in the request)`` runs of consecutive numbers."""
+    runs, pos = [], 0
+    slices = list(slices)
+    while pos < len(slices):
+        end = pos + 1
+        while end < len(slices) and slices[end] == slices[end - 1] + 1:
+            end += 1
+        runs.append((slices[pos], slices[end - 1] + 1, pos))
+        pos = end
+    return runs
+
+
+def read_slices(path: str | Path, slices: Sequence[int], kspace_out: torch.Tensor,
+                target_out: torch.Tensor | None = None) -> dict:
+    """Read slices of one single-coil volume straight into host tensors, chunk by chunk.
+
+    Consecutive slices are read as slabs aligned to the dataset's HDF5 chunks (or of
+    :data:`SLAB_BYTES` when it is contiguous) with ``read_direct``, so each byte is read
+    once with no intermediate copy; the slab just read is checked for NaN/Inf.
+
+    Args:
+        slices: increasing slice numbers.
+        kspace_out: complex64 ``(len(slices), rows, cols)`` (e.g. ``view_as_complex`` of a bank).
+        target_out: float32 ``(len(slices), h, w)`` or ``None``.
+
+    Returns:
+        the file's attributes (bytes decoded to str).
+    """
+    path = Path(path)
+    slices = [int(i) for i in slices]
+    try:
+        with h5py.File(path, "r") as hf:
+            ks = hf["kspace"]
+            tkey = "reconstruction_esc" if "reconstruction_esc" in hf else "reconstruction_rss"
+            per_slice = int(np.prod(ks.shape[1:])) * ks.dtype.itemsize
+            step = ks.chunks[0] if ks.chunks else max(1, SLAB_BYTES // per_slice)
+            k_np = kspace_out.numpy()
+            t_np = target_out.numpy() if target_out is not None else None
+            for first, stop, pos in _runs(slices):
+                for a in range(first, stop, step):
+                    b = min(stop, (a // step + 1) * step)  # stop at the next chunk boundary
+                    dest = np.s_[pos + a - first: pos + b - first]
+                    ks.read_direct(k_np, source_sel=np.s_[a:b], dest_sel=dest)
+                    if not np.isfinite(k_np[dest].view(np.float32)).all():
+                        bad = next(i for i in range(a, b) if not np.isfinite(k_np[pos + i - first].view(np.float32)).all())
+                        raise DataError(path, f"kspace slice {bad} holds NaN/Inf value(s)")
+                    if t_np is not None:
+                        hf[tkey].read_direct(t_np, source_sel=np.s_[a:b], dest_sel=dest)
+                        if not np.isfinite(t_np[dest]).all():
+                            raise DataError(path, f"{tkey} slices {a}-{b - 1} hold NaN/Inf value(s)")
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in hf.attrs.items()}
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(path, f"cannot read k-space ({type(exc).__name__}: {exc})") from None
+
+
+class StreamingBank:
+    """A split served from disk: :class:`SliceBank`'s interface without holding the k-space.
+
+    For splits larger than memory. Each batch reads just its slices (chunk-aligned slabs,
+    :func:`read_slices`) into a host buffer (pinned on CUDA), copies it to the device and
+    runs the same batched transform; a small cache keeps the most recently read slabs, so
+    a volume-ordered pass (:meth:`iter_batches`, inference) reads each slice once.
+    Targets (16 % of the bytes at fastMRI's geometry) are kept in host memory.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], device: torch.device | str = "cpu",
+                 cache_bytes: int = 256 << 20):
+        self.device = torch.device(device)
+        self.paths = [Path(p) for p in paths]
+        infos = _bank_infos(self.paths)
+        self.rows_cols = infos[0][1]
+        self.crop = infos[0][2]
+        n_total = sum(n for n, _, _ in infos)
+        self.pinned = self.device.type == "cuda"
+        self.target = torch.empty((n_total, *self.crop), dtype=torch.float32)
+        self.files, slice_nums, self.max_value, self.volumes, self._path_of = [], [], {}, {}, {}
+        start = 0
+        for path, (n, _, _) in zip(self.paths, infos):
+            stop = start + n
+            with h5py.File(path, "r") as hf:
+                tkey = "reconstruction_esc" if "reconstruction_esc" in hf else "reconstruction_rss"
+                hf[tkey].read_direct(self.target[start:stop].numpy())
+                attrs = dict(hf.attrs)
+            self.files += [path.stem] * n
+            slice_nums += list(range(n))
+            self.volumes[path.stem] = list(range(start, stop))
+            self._path_of[path.stem] = path
+            self.max_value[path.stem] = float(attrs["max"]) if "max" in attrs else float(self.target[start:stop].max())
+            start = stop
+        self.slice_nums = np.array(slice_nums)
+        self._start = {stem: idx[0] for stem, idx in self.volumes.items()}
+        self._slice_bytes = int(np.prod(self.rows_cols)) * 8
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # bank index -> complex slice
+        self._cache_slices = max(1, cache_bytes // self._slice_bytes)
+        self.reads = 0  # slices read from disk (for tests and the benchmark)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self._slice_bytes
+
+    def _read(self, idx: Sequence[int]) -> torch.Tensor:
+        """Complex k-space ``(len(idx), rows, cols)`` of bank slices ``idx`` in a host buffer."""
+        idx = [int(i) for i in idx]
+        out = torch.view_as_complex(_host_buffer((len(idx), *self.rows_cols, 2), self.pinned))
+        missing: dict[str, list[int]] = {}
+        for pos, i in enumerate(idx):
+            if i in self._cache:
+                out[pos] = self._cache[i]
+                self._cache.move_to_end(i)
+            else:
+                missing.setdefault(self.files[i], []).append(i)
+        for stem, wanted in missing.items():
+            wanted = sorted(set(wanted))
+            base = self._start[stem]
+            buf = torch.view_as_complex(torch.empty((len(wanted), *self.rows_cols, 2)))
+            read_slices(self._path_of[stem], [i - base for i in wanted], buf)
+            self.reads += len(wanted)
+            for j, i in enumerate(wanted):
+                self._cache[i] = buf[j]
+                while len(self._cache) > self._cache_slices:
+                    self._cache.popitem(last=False)
+            where = {i: j for j, i in enumerate(wanted)}
+            for pos, i in enumerate(idx):
+                if i in where:
+                    out[pos] = buf[where[i]]
+        return out
+
+    def kspace_of(self, idx: Sequence[int]) -> torch.Tensor:
+        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx``, on ``self.device``."""
+        return torch.view_as_real(self._read(idx)).to(self.device, non_blocking=True)
+
+    def batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
+        """Masked, normalised pairs for slices ``idx`` (as :meth:`SliceBank.batch`)."""
+        with data_threads(torch.device("cpu")):
+            return self._batch(idx, mask_func, seeds)
+
+    def _batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
+        idx = [int(i) for i in np.asarray(idx).reshape(-1)]
+        kspace = self.kspace_of(idx)
+        target = self.target[idx].to(self.device, non_blocking=True)
+        masks = make_masks(mask_func, kspace.shape, seeds)
+        return masked_unet_inputs(kspace, masks, self.crop, target)
+
+    def iter_batches(self, order: Sequence[int], batch_size: int, mask_func: MaskFunc, seeds: Sequence):
+        """Yield :meth:`batch` of consecutive pieces of ``order``; the next batch's slices
+        are read in a background thread while the current one is used."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        order = [int(i) for i in order]
+        seeds = list(seeds)
+        pieces = [(order[i: i + batch_size], seeds[i: i + batch_size]) for i in range(0, len(order), batch_size)]
+        with ThreadPoolExecutor(1) as pool:
+            def submit(k):
+                return pool.submit(self.batch, pieces[k][0], mask_func, pieces[k][1]) if k < len(pieces) else None
+
+            nxt = submit(0)
+            for k in range(len(pieces)):
+                current = nxt.result()
+                nxt = submit(k + 1)
+                yield current
+
+
+# --------------------------------------------------------------------------- choosing where a split lives
+
+STORAGES = ("auto", "device", "host", "stream")
+
+
+def split_nbytes(paths: Sequence[str | Path]) -> int:
+    """Bytes a :class:`SliceBank` of ``paths`` holds (k-space as float32 pairs plus targets)."""
+    total = 0
+    for n, (rows, cols), (h, w) in _bank_infos([Path(p) for p in paths]):
+        total += n * (rows * cols * 8 + h * w * 4)
+    return total
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory of ``device`` (CUDA: ``mem_get_info``; otherwise the host's MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def plan_storage(nbytes: int, device: torch.device | str, storage: str = "auto",
+                 budget_bytes: int | None = None, fraction: float = 0.6) -> tuple[str, str]:
+    """Where a split of ``nbytes`` should live: ``"device"``, ``"host"`` (pinned) or ``"stream"``.
+
+    A split is kept in memory when it takes at most ``fraction`` of the free memory (or of
+    ``budget_bytes``, which overrides the measured free memory of the device). Asking for
+    ``"device"`` or ``"host"`` when the split does not fit falls back to streaming.
+
+    Returns:
+        ``(storage, reason)``; the reason is a sentence for the log.
+    """
+    from .errors import ParameterError
+
+    if storage not in STORAGES:
+        raise ParameterError("storage", f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
+    device = torch.device(device)
+    gib = nbytes / 2**30
+    if storage == "stream":
+        return "stream", f"streaming {gib:.2f} GiB from disk as asked"
+    dev_free = budget_bytes if budget_bytes is not None else available_bytes(device)
+    host_free = budget_bytes if budget_bytes is not None else available_bytes(torch.device("cpu"))
+    fits_dev = nbytes <= fraction * dev_free
+    fits_host = nbytes <= fraction * host_free
+    where = "the device" if device.type != "cpu" else "host memory"
+    if device.type == "cpu":
+        if fits_dev:
+            return "device", f"{gib:.2f} GiB held in host memory"
+        return "stream", (f"the split ({gib:.2f} GiB) does not fit in {where} "
+                          f"({dev_free / 2**30:.2f} GiB free); streaming it from disk instead")
+    if storage in ("auto", "device") and fits_dev:
+        return "device", f"{gib:.2f} GiB held in {device} memory"
+    if storage in ("auto", "host", "device") and fits_host:
+        why = "as asked" if storage == "host" else (
+            f"it does not fit in {device} memory ({dev_free / 2**30:.2f} GiB free)")
+        return "host", f"{gib:.2f} GiB held in pinned host memory, {why}"
+    return "stream", (f"the split ({gib:.2f} GiB) fits neither {device} memory ({dev_free / 2**30:.2f} GiB free) "
+                      f"nor host memory ({host_free / 2**30:.2f} GiB free); streaming it from disk instead")
+
+
+def load_bank(paths: Sequence[str | Path], device: torch.device | str = "cpu", storage: str = "auto",
+              budget_bytes: int | None = None, verbose: bool = True) -> "SliceBank | StreamingBank":
+    """A :class:`SliceBank` when the split fits in memory, else a :class:`StreamingBank`.
+
+    ``storage``: ``auto`` (device memory, then pinned host memory, then streaming),
+    ``device``, ``host`` or ``stream``. A fall-back is announced on stderr (``verbose``)
+    and recorded in the bank's ``storage_note``.
+    """
+    device = torch.device(device)
+    paths = [Path(p) for p in paths]
+    where, reason = plan_storage(split_nbytes(paths), device, storage, budget_bytes)
+    if verbose and (where == "stream" and storage != "stream" or where == "host" and storage != "host"):
+        print(f"note: {reason}", file=sys.stderr)
+    bank = StreamingBank(paths, device) if where == "stream" else SliceBank(paths, device, pin_memory=where == "host")
+    bank.storage, bank.storage_note = where, reason
+    return bank

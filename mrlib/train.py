@@ -11,7 +11,11 @@ is easier to read than a framework. What it does:
   ``last.pt`` always, ``best.pt`` when the monitored value improves, ``history.json``
   beside them;
 * ``resume=True`` continues from ``last.pt``; checkpoints load with ``weights_only=True``;
-* automatic mixed precision (bf16) on CUDA; progress bars with ``tqdm.auto``.
+* automatic mixed precision (bf16) on CUDA; progress bars with ``tqdm.auto``;
+* with a :class:`mrlib.distributed.DistContext` of several processes (``torchrun``), the
+  model is wrapped in ``DistributedDataParallel``, the logged loss is averaged over ranks,
+  rank 0 alone writes checkpoints and logs, and on resume rank 0 reads ``last.pt`` and
+  broadcasts it (see :mod:`mrlib.distributed`).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ def fit(
     config: dict[str, Any] | None = None,
     progress: bool = True,
     desc: str = "train",
+    dist=None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs; return the history (one dict per epoch).
 
@@ -91,17 +96,25 @@ def fit(
         resume: continue from ``out_dir/last.pt`` if it exists. Its ``config`` must equal
             ``config``, so a run with other parameters is not silently continued.
         config: recorded in each checkpoint and checked on resume.
+        dist: a :class:`mrlib.distributed.DistContext`; with more than one process,
+            ``train_step`` receives the DDP-wrapped model, ``validate`` the plain one (it
+            runs on every rank and must return the same numbers there: shard it and sum
+            with ``dist.all_sum``), and only rank 0 writes.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    distributed = dist is not None and dist.active
+    main = dist is None or dist.is_main
+    progress = progress and main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     config = dict(config or {})
     sign = 1.0 if mode == "min" else -1.0
     history: list[dict[str, float]] = []
     best = math.inf
     start = 0
     last = out_dir / "last.pt"
-    if resume and last.is_file():
-        ckpt = load_checkpoint(last)
+    ckpt = _resume_state(last, dist) if resume else None
+    if ckpt is not None:
         if ckpt.get("config", {}) != config:
             raise MrlibError(last, "was written with other parameters; use another run directory or remove it")
         model.load_state_dict(ckpt["model"])
@@ -111,6 +124,11 @@ def fit(
         history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
     device = next(model.parameters()).device
     amp = device.type == "cuda"
+    net = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start, epochs):
         model.train()
         total, n = 0.0, 0
@@ -118,12 +136,15 @@ def fit(
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = train_step(model, batch)
-            if not torch.isfinite(loss):
-                raise MrlibError(desc, f"the training loss became {loss.item()} in epoch {epoch + 1}")
+                loss = train_step(net, batch)
+            value = loss.detach().float()
+            if distributed:  # every rank sees the same mean loss, so all stop together on NaN
+                value = torch.tensor(dist.all_sum([value.item()])[0] / dist.world_size)
+            if not torch.isfinite(value):
+                raise MrlibError(desc, f"the training loss became {value.item()} in epoch {epoch + 1}")
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += value.item()
             n += 1
             bar.set_postfix(loss=f"{total / n:.4g}")
         model.eval()
@@ -146,15 +167,48 @@ def fit(
             "best": min(best, value),
             "config": config,
         }
-        if value < best:
-            best = value
-            save_checkpoint(out_dir / "best.pt", state)
-        save_checkpoint(last, state)
-        write_json(out_dir / "history.json", history)
+        if main:
+            if value < best:
+                save_checkpoint(out_dir / "best.pt", state)
+            save_checkpoint(last, state)
+            write_json(out_dir / "history.json", history)
+        best = min(best, value)
+        if dist is not None:
+            dist.barrier()
         if progress:
             tqdm.write(f"[{desc}] epoch {epoch + 1}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     return history
+
+
+def _resume_state(last: Path, dist) -> dict[str, Any] | None:
+    """``last.pt`` if it exists; under DDP rank 0 reads it and broadcasts it (or its error)."""
+    if dist is None or not dist.active:
+        return load_checkpoint(last) if last.is_file() else None
+    import torch.distributed as tdist
+
+    box: list[Any] = [None]
+    if dist.is_main and last.is_file():
+        try:
+            box[0] = load_checkpoint(last)
+        except MrlibError as exc:
+            box[0] = {"__error__": (exc.where, exc.problem)}
+    tdist.broadcast_object_list(box, src=0, device=dist.comm_device)
+    if isinstance(box[0], dict) and "__error__" in box[0]:
+        raise MrlibError(*box[0]["__error__"])
+    if box[0] is not None:
+        box[0] = {k: _to_device(v, dist.device if k == "model" else "cpu") for k, v in box[0].items()}
+    return box[0]
+
+
+def _to_device(value: Any, device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
 
 
 def train_unet(
@@ -175,6 +229,8 @@ def train_unet(
     resume: bool = True,
     config: dict[str, Any] | None = None,
     progress: bool = True,
+    dist=None,
+    shards: int | None = None,
 ) -> list[dict[str, float]]:
     """Train a reconstruction U-Net on one loss variant (:data:`mrlib.losses.VARIANTS`).
 
@@ -189,6 +245,12 @@ def train_unet(
         train_weights, val_weights: ``(N, H, W)`` weights per slice of each bank, or ``None``.
         optimizer: ``"adam"`` or ``"rmsprop"`` (fastMRI's U-Net baseline).
         lr_step: divide the learning rate by 10 every ``lr_step`` epochs (0: never).
+        dist: a :class:`mrlib.distributed.DistContext` (``torchrun``); ``batch_size`` is
+            then per process, and each process trains on whole volumes of its shard.
+        shards: the number of volume shards the batches are drawn from (default: the
+            number of processes under ``dist``; ``None`` alone keeps the single-process
+            slice shuffle). One process with ``shards=W`` trains on the combined batches
+            that ``W`` processes would see, step for step: the reference the DDP test uses.
     """
     from .errors import ParameterError
     from .losses import check_variant, variant_loss
@@ -202,8 +264,29 @@ def train_unet(
         raise ParameterError("optimizer", f"unknown optimizer {optimizer!r}; use adam or rmsprop")
     opt = optimizers[optimizer](model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, 0.1) if lr_step > 0 else None
+    distributed = dist is not None and dist.active
+    if shards is None and distributed:
+        shards = dist.world_size
+    if distributed and shards != dist.world_size:
+        raise ParameterError("shards", f"{shards} shards for {dist.world_size} processes")
+    if shards is not None:
+        from .distributed import check_shardable
+
+        check_shardable(train_bank.volumes, shards)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
     def batches(epoch: int):
+        if shards is not None:
+            from .distributed import volume_batches
+
+            for per_rank in volume_batches(train_bank.volumes, shards, batch_size, seed, epoch):
+                if distributed:
+                    yield torch.tensor(per_rank[dist.rank][0]), per_rank[dist.rank][1]
+                else:
+                    yield torch.tensor([i for idx, _ in per_rank for i in idx]), [s for _, ss in per_rank for s in ss]
+            return
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(train_bank)))
         for step, start in enumerate(range(0, len(order), batch_size)):
             idx = order[start : start + batch_size]
@@ -211,7 +294,8 @@ def train_unet(
 
     def run_batch(m: nn.Module, bank, idx, seeds, weights) -> tuple[torch.Tensor, torch.Tensor]:
         b = bank.batch(idx, func, seeds)
-        pred = m(b.image[:, None].to(device))[:, 0]
+        x = b.image[:, None].to(device)
+        pred = m(x.contiguous(memory_format=torch.channels_last) if channels_last else x)[:, 0]
         target = b.target.to(device)
         w = weights[idx].to(device) if weights is not None else None
         return variant_loss(variant, pred, target, w), torch.mean((pred - target) ** 2)
@@ -222,13 +306,21 @@ def train_unet(
 
     def validate(m: nn.Module) -> dict[str, float]:
         loss = mse = 0.0
-        for start in range(0, len(val_bank), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(val_bank)))
+        part = range(len(val_bank))
+        if distributed:  # each rank validates a contiguous share; the sums are added up
+            from .distributed import shard_range
+
+            part = shard_range(len(val_bank), dist.rank, dist.world_size)
+        for start in range(part.start, part.stop, batch_size):
+            idx = torch.arange(start, min(start + batch_size, part.stop))
             seeds = [file_seed(f"{val_bank.files[i]}.h5") for i in idx]
             l, s = run_batch(m, val_bank, idx, seeds, val_weights)
             loss += l.item() * len(idx)
             mse += s.item() * len(idx)
+        if distributed:
+            loss, mse = dist.all_sum([loss, mse])
         return {"val_loss": loss / len(val_bank), "val_mse": mse / len(val_bank)}
 
     return fit(model, batches, step, validate, opt, epochs, out_dir, scheduler=sched, monitor="val_mse",
-               mode="min", resume=resume, config=config, progress=progress, desc=f"U-Net {variant}")
+               mode="min", resume=resume, config=config, progress=progress, desc=f"U-Net {variant}",
+               dist=dist)

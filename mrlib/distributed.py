@@ -1,0 +1,311 @@
+"""Training on several GPUs or nodes with ``torch.distributed`` (DDP).
+
+Run it with ``torchrun``::
+
+    torchrun --nproc_per_node=4 -m mrlib train --run-dir runs/full --variant unweighted
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 \\
+        --nproc_per_node=8 -m mrlib train --run-dir runs/full --variant gradcam
+
+What it does:
+
+* :func:`init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``), picks NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``) and
+  gloo elsewhere, and returns a :class:`DistContext`; without torchrun it returns the
+  single-process context, so the same command runs alone;
+* :func:`volume_batches` shards whole volumes of the in-memory bank across ranks
+  (fastMRI's ``VolumeSampler`` idea: the slices of one volume stay on one rank) and
+  gives every rank the same number of equal-sized batches, so no rank waits for
+  another at the end of an epoch;
+* :func:`mrlib.train.fit` wraps the model in ``DistributedDataParallel``, averages the
+  logged loss over ranks, validates on a shard per rank, and lets rank 0 alone write
+  checkpoints, ``history.json`` and logs; on resume rank 0 reads ``last.pt`` and
+  broadcasts it, so the other nodes need not see the run directory.
+
+With the per-rank batch ``b`` on ``W`` ranks, a step's gradient is that of one process on
+the combined batch of ``W * b`` slices (the loss is a mean, DDP averages gradients): a
+test checks the loss and the weights against one process given the combined batches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import ParameterError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is in a distributed run (``world_size == 1``: a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """A process group with more than one process is running."""
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def all_sum(self, values: Sequence[float]) -> list[float]:
+        """Sum numbers over ranks (float64, on the process group's device)."""
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.comm_device)
+        if self.active:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    @property
+    def comm_device(self) -> torch.device:
+        """NCCL needs CUDA tensors, gloo CPU tensors."""
+        if self.active and dist.get_backend() == "nccl":
+            return self.device
+        return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", backend: str | None = None,
+                     timeout_s: float = 600.0) -> DistContext:
+    """Join torchrun's process group, or return the single-process context without torchrun.
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``; under torchrun CUDA means ``cuda:LOCAL_RANK``.
+        backend: ``nccl`` or ``gloo``; default NCCL on CUDA, gloo otherwise.
+        timeout_s: how long a collective waits for a missing rank before failing
+            (instead of hanging forever).
+
+    Raises:
+        ParameterError: a device that is not there, or more processes on a node than GPUs.
+    """
+    from .runtime import pick_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        n_gpus = torch.cuda.device_count()
+        if world > 1 and local_rank >= n_gpus:
+            raise ParameterError(
+                "--nproc_per_node", f"process {local_rank} on this node has no GPU: the node has {n_gpus}; "
+                f"use --nproc_per_node={n_gpus} or fewer")
+        if world > 1 or dev.index is None:
+            dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return DistContext(0, 1, 0, dev)
+    if not dist.is_available():
+        raise ParameterError("torch.distributed", "this PyTorch build has no distributed support")
+    if dev.type == "mps":
+        raise ParameterError("device", "multi-process training needs CUDA (NCCL) or the CPU (gloo), not mps")
+    backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+
+
+def cleanup() -> None:
+    """Leave the process group (a no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_shardable(volumes: dict[str, list[int]], world_size: int, where: str = "--nproc_per_node") -> None:
+    """Every rank needs at least one whole volume; raise a clear error otherwise.
+
+    Raised on every rank before any collective call, so no process is left waiting.
+    """
+    if world_size > len(volumes):
+        raise ParameterError(
+            where, f"{world_size} processes but only {len(volumes)} training volume(s): each process trains "
+            f"on whole volumes, so use at most --nproc_per_node={len(volumes)} (times the nodes) or more data")
+
+
+def shard_volumes(volumes: dict[str, list[int]], world_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Deal whole volumes to ranks: the volumes in a permutation drawn from ``(seed, epoch)``,
+    largest-first onto the rank with the fewest slices. Returns each rank's slice indices."""
+    check_shardable(volumes, world_size)
+    stems = list(volumes)
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(len(stems))
+    order = sorted(perm, key=lambda i: -len(volumes[stems[i]]))  # stable: ties keep the random order
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    for i in order:
+        r = min(range(world_size), key=lambda k: (len(shards[k]), k))
+        shards[r].extend(volumes[stems[i]])
+    return shards
+
+
+def volume_batches(volumes: dict[str, list[int]], world_size: int, batch_size: int, seed: int,
+                   epoch: int) -> list[list[tuple[list[int], list[tuple]]]]:
+    """One epoch's batches for every rank: ``steps[s][r] = (slice indices, mask seeds)``.
+
+    Whole volumes are sharded (:func:`shard_volumes`); each rank shuffles its slices with
+    ``(seed, epoch, rank)``; every rank runs the same number of steps with exactly
+    ``batch_size`` slices, a rank with fewer slices wrapping round its own shard (as
+    ``DistributedSampler`` pads). Mask seeds ``(seed, epoch, step, rank * batch_size + j)``
+    number the slices of the combined batch, so one process given the concatenation of a
+    step's rank batches draws the same masks.
+    """
+    if batch_size < 1:
+        raise ParameterError("batch_size", f"must be at least 1, got {batch_size}")
+    shards = shard_volumes(volumes, world_size, seed, epoch)
+    orders = [np.random.default_rng([seed, epoch, 2, r]).permutation(s).tolist() for r, s in enumerate(shards)]
+    n_steps = -(-max(len(o) for o in orders) // batch_size)
+    steps = []
+    for s in range(n_steps):
+        per_rank = []
+        for r, o in enumerate(orders):
+            idx = [o[(s * batch_size + j) % len(o)] for j in range(batch_size)]
+            per_rank.append((idx, [(seed, epoch, s, r * batch_size + j) for j in range(batch_size)]))
+        steps.append(per_rank)
+    return steps
+
+
+def shard_range(n: int, rank: int, world_size: int) -> range:
+    """The contiguous part of ``range(n)`` that ``rank`` handles (for validation)."""
+    per = -(-n // world_size)
+    return range(min(n, rank * per), min(n, (rank + 1) * per))
+
+
+# --------------------------------------------------------------------------- the `train` command
+
+def train_command(
+    run_dir: str | None = None,
+    data: str | None = None,
+    out: str | None = None,
+    variant: str = "unweighted",
+    seed: int = 0,
+    model: str = "unet",
+    chans: int = 16,
+    pools: int = 3,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    lr_step: int = 0,
+    batch_size: int = 8,
+    weight_rule: str = "linear",
+    alpha: float = 4.0,
+    threshold: float = 0.5,
+    cam_method: str = "gradcam",
+    accelerations: Sequence[int] = (4, 8),
+    center_fractions: Sequence[float] = (0.08, 0.04),
+    device: str = "auto",
+    storage: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train one U-Net variant as notebook 05 does, alone or as one rank under ``torchrun``.
+
+    With ``run_dir`` it reads what chapters 1, 2 and 4 wrote (manifest, masking spec,
+    heatmaps) and writes ``RUN/unet/VARIANT/seedN`` exactly as the notebook does, so the
+    notebook and the command resume each other's runs and chapter 6 evaluates either.
+    With ``data`` alone (no run directory) it uses the data directory's splits, the masks
+    of ``accelerations``/``center_fractions`` and writes to ``out``.
+
+    Returns the run's config (with ``history`` and where it was written).
+    """
+    from pathlib import Path
+
+    from . import losses
+    from .artifacts import read_json, write_json
+    from .masking import MaskSpec
+    from .models import build_unet
+    from .recon import load_bank
+    from .runtime import seed_everything
+    from .train import train_unet
+
+    losses.check_variant(variant)
+    if (run_dir is None) == (data is None):
+        raise ParameterError("--run-dir/--data", "give exactly one: a run directory (notebooks 01-04 ran) "
+                             "or a data directory")
+    heatmaps = None
+    if run_dir is not None:
+        from .data import manifest as mf
+
+        run = Path(run_dir)
+        manifest = mf.read_manifest(run)
+        spec = MaskSpec.from_dict(read_json(run / "masking.json"))
+        splits = {s: [Path(manifest["splits"][s]["dir"]) / f["name"] for f in manifest["splits"][s]["files"]]
+                  for s in ("train", "val") if s in manifest["splits"]}
+        annotations_csv = manifest["annotations"]
+        image_height = manifest["image_size"][0]
+        heatmaps = run / "gradcam" / "heatmaps.h5"
+        out_dir = Path(out) if out else run / "unet" / variant / f"seed{seed}"
+    else:
+        from .data.fastmri_h5 import find_splits, list_volumes
+
+        found = find_splits(data)
+        splits = {s: list_volumes(found[s]) for s in ("train", "val") if s in found}
+        spec = MaskSpec("random", tuple(accelerations), tuple(center_fractions))
+        csv = Path(data) / "annotations" / "knee.csv"
+        annotations_csv = str(csv) if csv.is_file() else None
+        image_height = None
+        out_dir = Path(out) if out else Path("runs") / "train" / variant / f"seed{seed}"
+        if variant == "gradcam":
+            raise ParameterError("--variant", "the gradcam variant needs the heatmaps of notebook 04: "
+                                 "pass --run-dir instead of --data")
+    for s in ("train", "val"):
+        if s not in splits:
+            raise ParameterError("data", f"no {s} split to train the U-Net with")
+
+    # before joining the process group: every rank fails here alike, no rank waits for another
+    check_shardable({Path(f).stem: [i] for i, f in enumerate(splits["train"])}, int(os.environ.get("WORLD_SIZE", "1")))
+    ctx = init_distributed(device)
+    try:
+        seed_everything(seed)
+        banks = {s: load_bank(p, ctx.device, storage, verbose=ctx.is_main) for s, p in splits.items()}
+        if image_height is None:
+            image_height = banks["train"].crop[0]
+        check_shardable(banks["train"].volumes, ctx.world_size)
+        boxes = None
+        if annotations_csv:
+            from .data import annotations
+
+            boxes = annotations.read_boxes(annotations_csv, image_height=image_height)
+
+        def weights_for(bank):
+            return losses.variant_weights(
+                variant, bank.files, bank.slice_nums, bank.crop, boxes_df=boxes, heatmaps_path=heatmaps,
+                cam_method=cam_method, rule=weight_rule, alpha=alpha, threshold=threshold, seed=seed)
+
+        net = build_unet(model, chans, pools).to(ctx.device)
+        config = {"variant": variant, "seed": seed, "model": model, "chans": chans, "pools": pools,
+                  "loss": "l1" if variant == "l1" else ("mse" if variant == "unweighted" else "weighted_mse"),
+                  "weight_rule": weight_rule, "alpha": alpha, "threshold": threshold, "cam_method": cam_method,
+                  "epochs": epochs, "lr": lr, "optimizer": optimizer, "lr_step": lr_step,
+                  "batch_size": batch_size, "mask": spec.to_dict()}
+        if ctx.world_size > 1:  # a DDP run is another experiment: it must not resume a single-process one
+            config["world_size"] = ctx.world_size
+        history = train_unet(
+            net, banks["train"], banks["val"], spec, variant, out_dir,
+            train_weights=weights_for(banks["train"]), val_weights=weights_for(banks["val"]),
+            epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, lr_step=lr_step, seed=seed,
+            resume=resume, config={k: v for k, v in config.items() if k != "epochs"}, progress=progress,
+            dist=ctx if ctx.world_size > 1 else None,
+        )
+        if ctx.is_main:
+            write_json(out_dir / "config.json", config)
+            if run_dir is not None and out is None:  # keep RUN/unet/runs.json in step, as notebook 05
+                runs_path = Path(run_dir) / "unet" / "runs.json"
+                runs = read_json(runs_path) if runs_path.is_file() else []
+                runs = [r for r in runs if (r.get("variant"), r.get("seed")) != (variant, seed)] + [config]
+                write_json(runs_path, runs)
+        ctx.barrier()
+        return {**config, "history": history, "out_dir": str(out_dir), "world_size": ctx.world_size,
+                "device": str(ctx.device), "storage": banks["train"].storage_note, "is_main": ctx.is_main}
+    finally:
+        cleanup()

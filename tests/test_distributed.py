@@ -1,0 +1,131 @@
+"""DDP on 2 CPU processes (gloo) equals one process on the combined batch; whole volumes per rank."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mrlib.data import fastmri_h5, synth
+from mrlib.distributed import DistContext, check_shardable, shard_range, shard_volumes, volume_batches
+from mrlib.errors import ParameterError
+from mrlib.masking import MaskSpec
+from mrlib.models import build_unet
+from mrlib.recon import SliceBank
+from mrlib.train import load_checkpoint, train_unet
+
+SPEC = MaskSpec("random", (4,), (0.08,))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    cfg = synth.SynthConfig(image_size=32, n_slices=3, n_train=3, n_val=1, n_test=0,
+                            kneemri_exams=0, kneemri_slices=2, kneemri_size=32)
+    synth.generate(root, cfg, seed=5, progress=False)
+    return root
+
+
+def _banks(data):
+    base = data / "fastmri"
+    return (SliceBank(fastmri_h5.list_volumes(base / "singlecoil_train")),
+            SliceBank(fastmri_h5.list_volumes(base / "singlecoil_val")))
+
+
+def _train(data, out, epochs, dist=None, shards=None, resume=True):
+    torch.manual_seed(0)
+    model = build_unet("unet", chans=4, num_pool_layers=2)
+    train, val = _banks(data)
+    return train_unet(model, train, val, SPEC, "unweighted", out, epochs=epochs, batch_size=2,
+                      seed=1, resume=resume, config={"test": 1}, progress=False, dist=dist, shards=shards)
+
+
+def _worker(rank, world, port, data, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from mrlib.distributed import cleanup, init_distributed
+
+    ctx = init_distributed("cpu", timeout_s=60)
+    try:
+        assert ctx.world_size == world and ctx.rank == rank and ctx.active
+        _train(data, out / "straight", 2, dist=ctx)
+        _train(data, out / "resumed", 1, dist=ctx)   # killed after one epoch ...
+        _train(data, out / "resumed", 2, dist=ctx)   # ... and continued
+    finally:
+        cleanup()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_one_process_on_combined_batch(data, tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), data, tmp_path), nprocs=2, join=True)
+    ref = _train(data, tmp_path / "single", 2, shards=2)
+    for run in ("straight", "resumed"):
+        ckpt = load_checkpoint(tmp_path / run / "last.pt")
+        hist = ckpt["history"]
+        assert [h["epoch"] for h in hist] == [1, 2]
+        for got, want in zip(hist, ref):
+            for key in ("train_loss", "val_loss", "val_mse"):
+                assert got[key] == pytest.approx(want[key], rel=1e-4), (run, key)
+        single = load_checkpoint(tmp_path / "single" / "last.pt")["model"]
+        for name, w in single.items():
+            torch.testing.assert_close(ckpt["model"][name], w, rtol=1e-4, atol=1e-5)
+    # rank 0 alone wrote: one set of files, no stray temporaries
+    assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == ["best.pt", "history.json", "last.pt"]
+
+
+def test_volume_batches_shard_whole_volumes_with_equal_steps():
+    volumes = {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7], "c": [8, 9], "d": [10, 11, 12]}
+    shards = shard_volumes(volumes, 2, seed=0, epoch=0)
+    owner = {i: r for r, s in enumerate(shards) for i in s}
+    for idx in volumes.values():  # each volume on exactly one rank
+        assert len({owner[i] for i in idx}) == 1
+    assert sorted(i for s in shards for i in s) == list(range(13))
+    steps = volume_batches(volumes, 2, 2, seed=0, epoch=0)
+    for per_rank in steps:
+        assert [len(idx) for idx, _ in per_rank] == [2, 2]
+        for r, (idx, seeds) in enumerate(per_rank):
+            assert all(owner[i] == r for i in idx)
+            assert [s[3] for s in seeds] == [2 * r, 2 * r + 1]
+    # every slice is seen in an epoch; another epoch deals differently but deterministically
+    assert {i for p in steps for idx, _ in p for i in idx} == set(range(13))
+    assert volume_batches(volumes, 2, 2, 0, 1) == volume_batches(volumes, 2, 2, 0, 1)
+    assert [len(r) for r in shard_range_all(10, 3)] == [4, 4, 2]
+
+
+def shard_range_all(n, w):
+    return [shard_range(n, r, w) for r in range(w)]
+
+
+def test_more_processes_than_volumes_is_a_clear_error(data, tmp_path):
+    with pytest.raises(ParameterError, match="only 3 training volume"):
+        check_shardable({"a": [0], "b": [1], "c": [2]}, 4)
+    with pytest.raises(ParameterError, match="nproc_per_node=3"):
+        _train(data, tmp_path / "x", 1, shards=4)
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_single_process_context_is_inert():
+    ctx = DistContext()
+    assert ctx.is_main and not ctx.active and ctx.all_sum([1.0, 2.0]) == [1.0, 2.0]
+    ctx.barrier()
+
+
+def test_train_command_on_a_data_dir_and_resume(data, tmp_path, capsys):
+    from mrlib.__main__ import main
+
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--chans", "4", "--pools", "2",
+            "--batch-size", "3", "--device", "cpu", "--quiet", "--accelerations", "4", "--center-fractions", "0.08"]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert "trained unweighted (seed 0) on 1 process(es)" in capsys.readouterr().out
+    assert main(args + ["--epochs", "2"]) == 0  # continues from last.pt
+    hist = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert main(["train", "--data", str(data), "--variant", "gradcam", "--out", str(tmp_path / "g")]) == 2
+    assert "needs the heatmaps" in capsys.readouterr().err
