@@ -47,6 +47,18 @@ class UnetBatch(NamedTuple):
     std: torch.Tensor
 
 
+def normalize_pair(image: torch.Tensor, target: torch.Tensor | None) -> UnetBatch:
+    """fastMRI's instance normalisation of a batch ``(B, h, w)``, the target by the image's
+    mean and standard deviation, both clamped to [-6, 6]."""
+    flat = image.flatten(1)
+    mean = flat.mean(1)
+    std = flat.std(1)
+    image = ((image - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
+    if target is not None:
+        target = ((target - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
+    return UnetBatch(image, target, mean, std)
+
+
 def unet_inputs(
     masked_kspace: torch.Tensor, crop: tuple[int, int], target: torch.Tensor | None = None
 ) -> UnetBatch:
@@ -61,13 +73,7 @@ def unet_inputs(
     if cols < crop[1]:  # fastMRI's guard for images narrower than the target
         crop = (cols, cols)
     image = fastmri.complex_abs(T.complex_center_crop(fastmri.ifft2c(masked_kspace), crop))
-    flat = image.flatten(1)
-    mean = flat.mean(1)
-    std = flat.std(1)
-    image = ((image - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
-    if target is not None:
-        target = ((target - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
-    return UnetBatch(image, target, mean, std)
+    return normalize_pair(image, target)
 
 
 #: Intra-op threads for the batched transform on the CPU (``None``: torch's setting). Its
@@ -147,13 +153,7 @@ def _masked_unet_inputs(kspace, masks, crop, target, sparse) -> UnetBatch:
         mod = kc * (row_sign[None, :, None] * (col_sign * m)[:, None, :])
         half = torch.fft.ifft(mod, dim=1, norm="ortho")[:, r0: r0 + h]
     image = torch.fft.ifft(half, dim=2, norm="ortho")[:, :, c0: c0 + w].abs()
-    flat = image.flatten(1)
-    mean = flat.mean(1)
-    std = flat.std(1)
-    image = ((image - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
-    if target is not None:
-        target = ((target - mean[:, None, None]) / (std[:, None, None] + EPS)).clamp(-6, 6)
-    return UnetBatch(image, target, mean, std)
+    return normalize_pair(image, target)
 
 
 class SliceBank:
