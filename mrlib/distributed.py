@@ -222,11 +222,9 @@ def train_command(
 
     from . import losses
     from .artifacts import read_json, write_json
-    from .masking import MaskSpec
-    from .models import build_unet
+    from .masking import MaskSpec, read_mask_spec
     from .recon import load_bank
-    from .runtime import seed_everything
-    from .train import train_unet
+    from .train import train_variant
 
     losses.check_variant(variant)
     if (run_dir is None) == (data is None):
@@ -238,7 +236,7 @@ def train_command(
 
         run = Path(run_dir)
         manifest = mf.read_manifest(run)
-        spec = MaskSpec.from_dict(read_json(run / "masking.json"))
+        spec = read_mask_spec(run)
         splits = {s: [Path(manifest["splits"][s]["dir"]) / f["name"] for f in manifest["splits"][s]["files"]]
                   for s in ("train", "val") if s in manifest["splits"]}
         annotations_csv = manifest["annotations"]
@@ -266,7 +264,6 @@ def train_command(
     check_shardable({Path(f).stem: [i] for i, f in enumerate(splits["train"])}, int(os.environ.get("WORLD_SIZE", "1")))
     ctx = init_distributed(device)
     try:
-        seed_everything(seed)
         banks = {s: load_bank(p, ctx.device, storage, verbose=ctx.is_main) for s, p in splits.items()}
         if image_height is None:
             image_height = banks["train"].crop[0]
@@ -276,29 +273,13 @@ def train_command(
             from .data import annotations
 
             boxes = annotations.read_boxes(annotations_csv, image_height=image_height)
-
-        def weights_for(bank):
-            return losses.variant_weights(
-                variant, bank.files, bank.slice_nums, bank.crop, boxes_df=boxes, heatmaps_path=heatmaps,
-                cam_method=cam_method, rule=weight_rule, alpha=alpha, threshold=threshold, seed=seed)
-
-        net = build_unet(model, chans, pools).to(ctx.device)
-        config = {"variant": variant, "seed": seed, "model": model, "chans": chans, "pools": pools,
-                  "loss": "l1" if variant == "l1" else ("mse" if variant == "unweighted" else "weighted_mse"),
-                  "weight_rule": weight_rule, "alpha": alpha, "threshold": threshold, "cam_method": cam_method,
-                  "epochs": epochs, "lr": lr, "optimizer": optimizer, "lr_step": lr_step,
-                  "batch_size": batch_size, "mask": spec.to_dict()}
-        if ctx.world_size > 1:  # a DDP run is another experiment: it must not resume a single-process one
-            config["world_size"] = ctx.world_size
-        history = train_unet(
-            net, banks["train"], banks["val"], spec, variant, out_dir,
-            train_weights=weights_for(banks["train"]), val_weights=weights_for(banks["val"]),
-            epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, lr_step=lr_step, seed=seed,
-            resume=resume, config={k: v for k, v in config.items() if k != "epochs"}, progress=progress,
-            dist=ctx if ctx.world_size > 1 else None,
+        config, history = train_variant(
+            banks, spec, variant, seed, out_dir, ctx.device, model=model, chans=chans, pools=pools,
+            epochs=epochs, lr=lr, optimizer=optimizer, lr_step=lr_step, batch_size=batch_size,
+            weight_rule=weight_rule, alpha=alpha, threshold=threshold, cam_method=cam_method,
+            boxes=boxes, heatmaps=heatmaps, resume=resume, progress=progress, dist=ctx,
         )
         if ctx.is_main:
-            write_json(out_dir / "config.json", config)
             if run_dir is not None and out is None:  # keep RUN/unet/runs.json in step, as notebook 05
                 runs_path = Path(run_dir) / "unet" / "runs.json"
                 runs = read_json(runs_path) if runs_path.is_file() else []

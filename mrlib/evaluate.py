@@ -35,6 +35,7 @@ from skimage.metrics import structural_similarity
 
 from .artifacts import read_json, write_json, write_text
 from .errors import DataError, ParameterError
+from .masking import read_mask_spec  # noqa: F401 - also used by notebook 06 as ev.read_mask_spec
 from .metrics import volume_metrics
 
 COLUMNS = ("variant", "acceleration", "seed", "volume", "nmse", "psnr", "ssim",
@@ -222,16 +223,6 @@ def load_run(run_dir: str | Path, run: Mapping[str, Any], device) -> "torch.nn.M
                        num_pool_layers=int(run.get("pools", 4)))
     load_weights(model, path)
     return model.to(device).eval()
-
-
-def read_mask_spec(run_dir: str | Path):
-    """The masking spec of the run (``RUN/masking.json``, notebook 02)."""
-    from .masking import MaskSpec
-
-    path = Path(run_dir) / "masking.json"
-    if not path.is_file():
-        raise DataError(path, "missing; notebook 02_masking writes it (run it first)")
-    return MaskSpec.from_dict(read_json(path))
 
 
 def read_test_split(run_dir: str | Path) -> tuple[dict, list[Path], pd.DataFrame | None]:

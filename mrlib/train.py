@@ -324,3 +324,70 @@ def train_unet(
     return fit(model, batches, step, validate, opt, epochs, out_dir, scheduler=sched, monitor="val_mse",
                mode="min", resume=resume, config=config, progress=progress, desc=f"U-Net {variant}",
                dist=dist)
+
+
+def train_variant(
+    banks: dict[str, Any],
+    mask_spec,
+    variant: str,
+    seed: int,
+    out_dir: str | Path,
+    device: torch.device | str,
+    model: str = "unet",
+    chans: int = 16,
+    pools: int = 3,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    lr_step: int = 0,
+    batch_size: int = 8,
+    weight_rule: str = "linear",
+    alpha: float = 4.0,
+    threshold: float = 0.5,
+    cam_method: str = "gradcam",
+    boxes=None,
+    heatmaps: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    dist=None,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Train one run of chapter 5's ablation and write its ``config.json`` beside the checkpoints.
+
+    Seeds everything from ``seed``, builds the U-Net, makes the variant's loss weights for
+    the ``banks["train"]`` and ``banks["val"]`` slices (:func:`mrlib.losses.variant_weights`
+    from ``boxes`` or ``heatmaps``) and calls :func:`train_unet`. Notebook 05 and
+    ``python -m mrlib train`` both train through here, so they resume each other's runs.
+
+    Returns:
+        ``(config, history)``; ``config`` is what ``config.json`` and ``RUN/unet/runs.json`` hold.
+    """
+    from .losses import variant_weights
+    from .models import build_unet
+    from .runtime import seed_everything
+
+    def weights(bank):
+        return variant_weights(
+            variant, bank.files, bank.slice_nums, bank.crop, boxes_df=boxes, heatmaps_path=heatmaps,
+            cam_method=cam_method, rule=weight_rule, alpha=alpha, threshold=threshold, seed=seed,
+        )
+
+    distributed = dist is not None and dist.world_size > 1
+    seed_everything(seed)
+    net = build_unet(model, chans, pools).to(device)
+    config = {"variant": variant, "seed": seed, "model": model, "chans": chans, "pools": pools,
+              "loss": "l1" if variant == "l1" else ("mse" if variant == "unweighted" else "weighted_mse"),
+              "weight_rule": weight_rule, "alpha": alpha, "threshold": threshold, "cam_method": cam_method,
+              "epochs": epochs, "lr": lr, "optimizer": optimizer, "lr_step": lr_step,
+              "batch_size": batch_size, "mask": mask_spec.to_dict()}
+    if distributed:  # a DDP run is another experiment: it must not resume a single-process one
+        config["world_size"] = dist.world_size
+    history = train_unet(
+        net, banks["train"], banks["val"], mask_spec, variant, out_dir,
+        train_weights=weights(banks["train"]), val_weights=weights(banks["val"]),
+        epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, lr_step=lr_step, seed=seed,
+        resume=resume, config={k: v for k, v in config.items() if k != "epochs"}, progress=progress,
+        dist=dist if distributed else None,
+    )
+    if dist is None or dist.is_main:
+        write_json(Path(out_dir) / "config.json", config)
+    return config, history
