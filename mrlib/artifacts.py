@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -54,8 +56,6 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     """Read a JSON artifact, with a clear error if it is missing or malformed."""
-    from .errors import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "missing; run the notebook that writes it first")

@@ -34,10 +34,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import h5py
 import numpy as np
 import torch
+from fastmri.data import SliceDataset
+from fastmri.data.transforms import UnetDataTransform
+from torch.utils.flop_counter import FlopCounterMode
 
+from .artifacts import read_json
+from .data import fastmri_h5
+from .data.synth import SynthConfig, generate
 from .errors import ParameterError
+from .masking import MaskSpec
+from .models import SeedUnet, fastmri_unet
+from .recon import SliceBank, StreamingBank, reconstruct
+from .runtime import pick_device
 
 #: Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of the CUDA device
 #: name (vendor data sheets; SXM parts where a card comes in several forms).
@@ -92,31 +103,33 @@ def ensure_data(cfg: BenchConfig, progress: bool = False) -> tuple[Path, list[Pa
     synthetic volumes generated once into ``cfg.data`` (or a temporary directory).
 
     Returns ``(split_dir, files)``; a split with more files than ``n_volumes`` is reduced
-    to a directory of links to the first ``n_volumes`` (so fastMRI's dataset sees the same).
+    to a directory of links to the first ``n_volumes`` (so fastMRI's dataset sees the same),
+    made in the temporary directory. Nothing in a directory the user passed is deleted: a
+    cache there of another geometry is refused, not regenerated.
     """
-    from .artifacts import read_json
-    from .data import fastmri_h5
-    from .data.synth import SynthConfig, generate
-
     root = Path(cfg.data) if cfg.data else Path(tempfile.gettempdir()) / "mrlib-bench" / (
         f"n{cfg.image_size}_s{cfg.n_slices}_v{cfg.n_volumes}_seed{cfg.seed}")
     split = root / "fastmri" / "singlecoil_train"
     meta = root / "synth.json"
     want = dict(image_size=cfg.image_size, n_slices=cfg.n_slices)
     reuse = split.is_dir() and any(split.glob("*.h5"))
+    made: dict = {}
     if reuse and meta.is_file():  # a synthetic cache: it must have the asked-for geometry and count
         made = read_json(meta).get("config", {})
         reuse = all(made.get(k) == v for k, v in want.items()) and made.get("n_train", 0) >= cfg.n_volumes
     if not reuse:
         if split.is_dir() and not meta.is_file():
             raise ParameterError("--data", f"{split} holds other data than the benchmark's; give an empty directory")
-        shutil.rmtree(root / "fastmri", ignore_errors=True)
+        if cfg.data and split.is_dir():
+            raise ParameterError("--data", f"{root} holds a benchmark cache of another size ({made or 'unknown'}); "
+                                 "give another or an empty directory (bench deletes nothing you pass it)")
+        shutil.rmtree(root / "fastmri", ignore_errors=True)  # our own temporary cache only
         generate(root, SynthConfig(image_size=cfg.image_size, n_slices=cfg.n_slices, n_train=cfg.n_volumes,
                                    n_val=0, n_test=0, kneemri_exams=0, kneemri_slices=1, kneemri_size=32),
                  seed=cfg.seed, progress=progress)
     files = fastmri_h5.list_volumes(split)
     if len(files) > cfg.n_volumes:
-        sub = root / "bench_split"
+        sub = Path(tempfile.gettempdir()) / "mrlib-bench" / f"split_{os.getpid()}"
         shutil.rmtree(sub, ignore_errors=True)
         sub.mkdir(parents=True)
         for f in files[: cfg.n_volumes]:
@@ -188,8 +201,6 @@ class PeakMemory:
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor, backward: bool = True) -> int:
     """FLOPs of one forward (and backward) pass of ``model`` on ``x``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     with FlopCounterMode(display=False) as counter:
         if backward:
@@ -234,9 +245,6 @@ def device_name(device: torch.device) -> str:
 def reference_loader(split: Path, mask_func, batch_size: int, workers: int, device: torch.device,
                      shuffle: bool = True, use_seed: bool = False, subset: list[int] | None = None):
     """fastMRI's path: ``SliceDataset`` + ``UnetDataTransform`` + ``DataLoader``."""
-    from fastmri.data import SliceDataset
-    from fastmri.data.transforms import UnetDataTransform
-
     ds = SliceDataset(split, "singlecoil", transform=UnetDataTransform("singlecoil", mask_func, use_seed=use_seed))
     if subset is not None:
         ds = torch.utils.data.Subset(ds, subset)
@@ -282,9 +290,6 @@ def bench_data_path(cfg: BenchConfig, split: Path, files: list[Path], device: to
     The paths take turns epoch by epoch, in reversed order every other round (ABC CBA), so
     a change in the machine's load during the run falls on all of them alike.
     """
-    from .masking import MaskSpec
-    from .recon import SliceBank, StreamingBank
-
     func = MaskSpec().mask_func()
     mems = {k: PeakMemory(device, children=k == "reference") for k in ("reference", "ours", "ours_streaming")}
     with mems["ours"]:
@@ -355,10 +360,6 @@ def bench_training(cfg: BenchConfig, split: Path, files: list[Path], device: tor
     the machine's load falls on both alike; each path's data work (loader workers or the
     batched transform) runs inside its own blocks.
     """
-    from .masking import MaskSpec
-    from .models import fastmri_unet
-    from .recon import SliceBank
-
     func = MaskSpec().mask_func()
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
@@ -420,8 +421,6 @@ def bench_training(cfg: BenchConfig, split: Path, files: list[Path], device: tor
 
 def _reference_reconstruct(model, split: Path, stem: str, mask_func, batch_size: int, workers: int,
                            device: torch.device) -> tuple[np.ndarray, float]:
-    from fastmri.data import SliceDataset
-
     probe = SliceDataset(split, "singlecoil")
     subset = [i for i, s in enumerate(probe.raw_samples) if Path(s.fname).stem == stem]
     model.eval()
@@ -441,10 +440,6 @@ def _reference_reconstruct(model, split: Path, stem: str, mask_func, batch_size:
 def bench_inference(cfg: BenchConfig, split: Path, files: list[Path], device: torch.device) -> dict:
     """Seconds to reconstruct one volume (fixed per-file 4x mask), per model and path: each
     path runs twice in the order A B B A and the faster run counts."""
-    from .masking import MaskSpec
-    from .models import SeedUnet, fastmri_unet
-    from .recon import SliceBank, reconstruct
-
     func = MaskSpec().mask_func(4)
     bank = SliceBank(files[:1], device)
     stem = files[0].stem
@@ -480,8 +475,6 @@ def bench_inference(cfg: BenchConfig, split: Path, files: list[Path], device: to
 
 def run_bench(cfg: BenchConfig, progress: bool = False) -> dict:
     """Run the sections of ``cfg`` and return the results (what ``--out`` writes)."""
-    from .runtime import pick_device
-
     device = pick_device(cfg.device)
     split, files = ensure_data(cfg, progress=progress)
     results: dict[str, Any] = dict(
@@ -498,8 +491,6 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict:
 
 
 def _kspace_shape(path: Path) -> tuple[int, ...]:
-    import h5py
-
     with h5py.File(path, "r") as hf:
         return tuple(hf["kspace"].shape)
 

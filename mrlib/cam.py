@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
+import pandas as pd
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -43,6 +44,8 @@ from torch import nn
 from .artifacts import atomic_path
 from .classifier import INPUT_SIZE, prepare_exam, to_source
 from .errors import DataError, MrlibError, ParameterError
+from .metrics import LOCALIZATION_COLUMNS, localization_row
+from .runtime import progress_bar
 
 #: The CAM methods by lowercase name.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
@@ -196,8 +199,6 @@ def compute_heatmaps(
         ``out_path``. Layout in the module docstring. Nothing is left at ``out_path``
         (and no temporary file) if any volume fails.
     """
-    from .runtime import progress_bar
-
     if isinstance(methods, str):
         methods = [methods]
     methods = [str(m).strip().lower() for m in methods]
@@ -260,7 +261,6 @@ def heatmap_info(path: str | Path) -> dict:
 
 
 def _open(path: Path):
-
     if not path.is_file():
         raise DataError(path, "heatmap file does not exist; run the Grad-CAM notebook (04_gradcam) first")
     try:
@@ -342,10 +342,6 @@ def exam_localization(
     Returns:
         ``pandas.DataFrame`` with the columns of :func:`mrlib.metrics.localization_table`.
     """
-    import pandas as pd
-
-    from .metrics import LOCALIZATION_COLUMNS, localization_row
-
     for m in methods:
         check_method(m)
     maps_by_method: dict[str, list] = {str(m).strip().lower(): [] for m in methods}
@@ -356,4 +352,50 @@ def exam_localization(
             src = to_source(maps, tuple(volume.shape[-2:]), flip_ud=flip_ud)
             maps_by_method[method] += [(src[s], b) for s, b in sorted(boxes.items())]
     rows = [localization_row(m, pairs) for m, pairs in maps_by_method.items()]
+    return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
+
+
+def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 0.5):
+    """Localisation scores of each CAM method against the ground-truth boxes.
+
+    Args:
+        heatmaps_path: a file written by :func:`compute_heatmaps`.
+        boxes_df: boxes in image coordinates (:func:`mrlib.data.annotations.read_boxes`).
+            Only slices with at least one box are scored; the boxes of one slice count
+            as their union. Boxes of files that the heatmap file does not hold (e.g.
+            another split) are skipped.
+        methods: CAM method names held in the file.
+        iou_threshold: the map region for :func:`box_iou` is ``map >= t * max``.
+
+    Returns:
+        ``pandas.DataFrame`` with columns ``method, n_slices, pointing_game,
+        energy_in_box, iou``: per method, the number of annotated slices scored and the
+        means over them (pointing game as a hit rate).
+
+    Raises:
+        DataError: no annotated slice belongs to a volume in the heatmap file (they do
+            not match), or a box's slice index is beyond its volume.
+    """
+    if isinstance(methods, str):
+        methods = [methods]
+    info = heatmap_info(heatmaps_path)
+    held = set(info["files"])
+    df = boxes_df[boxes_df["file"].astype(str).isin(held)]
+    if df.empty:
+        raise DataError(
+            heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
+            "(do the heatmaps and the annotations come from the same dataset?)",
+        )
+
+    def pairs(method):
+        for stem, per_file in df.groupby("file", sort=True):
+            maps, _ = read_heatmaps(heatmaps_path, method, stem)
+            for slice_num, per_slice in per_file.groupby("slice", sort=True):
+                if not 0 <= int(slice_num) < maps.shape[0]:
+                    raise DataError(
+                        heatmaps_path, f"annotated slice {int(slice_num)} of {stem} is beyond its {maps.shape[0]} slices"
+                    )
+                yield maps[int(slice_num)], list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
+
+    rows = [localization_row(method, pairs(method), iou_threshold) for method in methods]
     return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))

@@ -10,11 +10,17 @@ on the pixels of the image it came from.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from .data import kneemri, mrnet
+from .errors import DataError, ParameterError
+from .metrics import bootstrap_auc_ci, roc_auc
+from .runtime import progress_bar
+from .train import fit
 
 INPUT_SIZE = 224
 #: Bien et al. 2018's intensity mean and standard deviation on the 0-255 scale.
@@ -139,9 +145,6 @@ def train_mrnet(
         labels: ``(n_exams,)`` 0/1.
         splits: ``{"train": idx, "val": idx, ...}`` from :func:`stratified_split`.
     """
-    from .metrics import roc_auc
-    from .train import fit
-
     device = next(model.parameters()).device
     labels = np.asarray(labels).astype(np.float32)
     train_idx, val_idx = splits["train"], splits["val"]
@@ -183,8 +186,6 @@ def evaluate_mrnet(
         ``(metrics, probabilities)``; metrics hold ``auc``, ``auc_ci`` ([low, high]),
         ``n_test``, ``n_positive``, ``accuracy``, ``sensitivity``, ``specificity``, ``threshold``.
     """
-    from .metrics import bootstrap_auc_ci, roc_auc
-
     device = next(model.parameters()).device
     y = np.asarray(labels)[idx].astype(int)
     prob = 1 / (1 + np.exp(-exam_logits(model, exams, idx, device)))
@@ -202,41 +203,63 @@ def evaluate_mrnet(
     return metrics, prob
 
 
-def load_exams(
-    manifest: dict, source: str = "kneemri", task: str = "acl", plane: str = "sagittal",
-    size: int = INPUT_SIZE, seed: int = 0, progress: bool = True,
-) -> tuple[list[torch.Tensor], np.ndarray, list[str], dict[str, np.ndarray]]:
-    """Load and prepare the classifier's exams, with labels and train/val/test splits.
+# --------------------------------------------------------------------------- exam sources
 
-    Args:
-        manifest: the run manifest (notebook 01).
-        source: ``"kneemri"`` (the manifest's kneeMRI directory; split 60/20/20 by label)
-            or ``"mrnet"`` (MRNet-v1.0 under the data directory: its ``train`` split is
-            divided into train/val, its ``valid`` split is the test set).
-        task: kneeMRI: ``acl`` (aclDiagnosis > 0) or ``acl_complete``; MRNet-v1.0:
-            ``abnormal``, ``acl`` or ``meniscus``.
-        plane: MRNet-v1.0's plane (kneeMRI is sagittal only).
+Exams = tuple[list[torch.Tensor], np.ndarray, list[str], dict[str, np.ndarray]]
 
-    Returns:
-        ``(exams (S, 3, size, size) each, labels (n,), exam names, splits)``.
+#: name -> exam source class: the data a classifier (and so an ROI source) is trained on.
+SOURCES: dict[str, type["ExamSource"]] = {}
+
+
+class ExamSource:
+    """The exams a classifier learns from; its Grad-CAM maps are an ROI source.
+
+    A subclass with a ``name`` registers itself and overrides :meth:`load`.
     """
-    from .runtime import progress_bar
 
-    from .data import kneemri, mrnet
-    from .errors import ParameterError
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ()
 
-    if source == "kneemri":
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            SOURCES[cls.name] = cls
+
+    def check_task(self, task: str) -> str:
+        if task not in self.tasks:
+            raise ParameterError("task", f"{self.name} has the tasks {', '.join(self.tasks)}, not {task!r}")
+        return task
+
+    def load(self, manifest: dict, task: str, plane: str, size: int, seed: int, progress: bool) -> Exams:
+        """``(exams (S, 3, size, size) each, labels (n,), exam names, splits)``."""
+        raise NotImplementedError
+
+
+class KneeMRISource(ExamSource):
+    name = "kneemri"
+    description = "kneeMRI (Stajduhar et al. 2017): sagittal exams with ACL diagnoses, split 60/20/20 by label"
+    tasks = ("acl", "acl_complete")
+
+    def load(self, manifest, task, plane, size, seed, progress):
         if not manifest.get("kneemri"):
             raise DataError(manifest["data_dir"], "holds no kneemri/metadata.csv for the classifier")
-        if task not in ("acl", "acl_complete"):
-            raise ParameterError("task", f"kneeMRI has ACL diagnoses only: use acl or acl_complete, not {task!r}")
+        self.check_task(task)
         ds = kneemri.KneeMRIDataset(manifest["kneemri"], task=task)
         names = list(ds.df.volumeFilename)
         exams = [prepare_exam(ds[i][0], where=names[i], size=size)
                  for i in progress_bar(range(len(ds)), desc="kneeMRI exams", progress=progress)]
         labels = np.array(ds.labels)
         return exams, labels, names, stratified_split(labels, seed=seed)
-    if source == "mrnet":
+
+
+class MRNetSource(ExamSource):
+    name = "mrnet"
+    description = ("MRNet-v1.0 (Bien et al. 2018): its train split divided into train/val, "
+                   "its valid split the test set")
+    tasks = ("abnormal", "acl", "meniscus")
+
+    def load(self, manifest, task, plane, size, seed, progress):
         root = mrnet.find_root(manifest["data_dir"])
         if root is None:
             raise DataError(manifest["data_dir"], "holds no MRNet-v1.0 directory")
@@ -254,4 +277,23 @@ def load_exams(
         splits = {"train": train_all[inner["train"]], "val": train_all[inner["val"]],
                   "test": np.flatnonzero(split_of == "valid")}
         return exams, labels, names, splits
-    raise ParameterError("source", f"unknown classifier data {source!r}; use kneemri or mrnet")
+
+
+def load_exams(
+    manifest: dict, source: str = "kneemri", task: str = "acl", plane: str = "sagittal",
+    size: int = INPUT_SIZE, seed: int = 0, progress: bool = True,
+) -> Exams:
+    """Load and prepare the classifier's exams, with labels and train/val/test splits.
+
+    Args:
+        manifest: the run manifest (notebook 01).
+        source: a name of :data:`SOURCES` (``kneemri``, ``mrnet``).
+        task: the source's label (see each source's ``tasks``).
+        plane: MRNet-v1.0's plane (kneeMRI is sagittal only).
+
+    Returns:
+        ``(exams (S, 3, size, size) each, labels (n,), exam names, splits)``.
+    """
+    if source not in SOURCES:
+        raise ParameterError("source", f"unknown classifier data {source!r}; use one of {', '.join(SOURCES)}")
+    return SOURCES[source]().load(manifest, task, plane, size, seed, progress)

@@ -1,7 +1,8 @@
 """Compare two run directories: did a run reproduce?
 
-``python -m mrlib compare RUN_A RUN_B`` reads every ``*.json`` and ``*.csv`` below the two
-run directories and lists every value that differs, timing fields aside. Numbers must be
+``python -m mrlib compare RUN_A RUN_B`` reads every ``*.json`` and ``*.csv`` result below the
+two run directories (:meth:`mrlib.rundir.RunDir.result_files`: not the stamp, not the
+book) and lists every value that differs, timing fields aside. Numbers must be
 exactly equal unless a tolerance is given; NaN equals NaN. The absolute path of each run
 directory is replaced by ``<run>`` before strings are compared, so two runs into two
 directories compare equal when they hold the same results.
@@ -23,14 +24,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import DataError, MrlibError
+from .rundir import RunDir
 
 #: Field names (JSON keys, CSV columns; shell-style patterns) that hold timings or clock
 #: times: they differ between two runs and between two machines by nature.
 TIMING_FIELDS = ("seconds", "*seconds*", "*_time", "time_*", "elapsed*", "duration*", "timestamp*",
                  "wall_s", "*per_second*", "*_per_s")
-
-#: The file kinds compared.
-PATTERNS = ("*.json", "*.csv")
 
 #: At most this many differences are listed per file (the count is always exact).
 MAX_PER_FILE = 20
@@ -41,13 +40,7 @@ def _ignored(name: str, ignore: Iterable[str]) -> bool:
 
 
 def _files(run: Path) -> set[str]:
-    found = set()
-    for pattern in PATTERNS:
-        for p in run.rglob(pattern):
-            rel = p.relative_to(run)
-            if p.is_file() and not any(part.startswith(".") for part in rel.parts):  # no .x.part temporaries
-                found.add(rel.as_posix())
-    return found
+    return RunDir(run).result_files()
 
 
 def _number(value: Any) -> float | None:

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ParameterError
+from .runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,6 @@ def init_distributed(device: str = "auto", backend: str | None = None,
     Raises:
         ParameterError: a device that is not there, or more processes on a node than GPUs.
     """
-    from .runtime import pick_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -179,114 +178,3 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
     """The contiguous part of ``range(n)`` that ``rank`` handles (for validation)."""
     per = -(-n // world_size)
     return range(min(n, rank * per), min(n, (rank + 1) * per))
-
-
-# --------------------------------------------------------------------------- the `train` command
-
-def train_command(
-    run_dir: str | None = None,
-    data: str | None = None,
-    out: str | None = None,
-    variant: str = "unweighted",
-    seed: int = 0,
-    model: str = "unet",
-    chans: int = 16,
-    pools: int = 3,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    lr_step: int = 0,
-    batch_size: int = 8,
-    weight_rule: str = "linear",
-    alpha: float = 4.0,
-    threshold: float = 0.5,
-    cam_method: str = "gradcam",
-    accelerations: Sequence[int] = (4, 8),
-    center_fractions: Sequence[float] = (0.08, 0.04),
-    device: str = "auto",
-    storage: str = "auto",
-    resume: bool = True,
-    progress: bool = True,
-) -> dict:
-    """Train one U-Net variant as notebook 05 does, alone or as one rank under ``torchrun``.
-
-    With ``run_dir`` it reads what chapters 1, 2 and 4 wrote (manifest, masking spec,
-    heatmaps) and writes ``RUN/unet/VARIANT/seedN`` exactly as the notebook does, so the
-    notebook and the command resume each other's runs and chapter 6 evaluates either.
-    With ``data`` alone (no run directory) it uses the data directory's splits, the masks
-    of ``accelerations``/``center_fractions`` and writes to ``out``.
-
-    Returns the run's config (with ``history`` and where it was written).
-    """
-    from pathlib import Path
-
-    from . import losses
-    from .artifacts import read_json, write_json
-    from .masking import MaskSpec, read_mask_spec
-    from .recon import load_bank
-    from .train import train_variant
-
-    losses.check_variant(variant)
-    if (run_dir is None) == (data is None):
-        raise ParameterError("--run-dir/--data", "give exactly one: a run directory (notebooks 01-04 ran) "
-                             "or a data directory")
-    heatmaps = None
-    if run_dir is not None:
-        from .data import manifest as mf
-
-        run = Path(run_dir)
-        manifest = mf.read_manifest(run)
-        spec = read_mask_spec(run)
-        splits = {s: [Path(manifest["splits"][s]["dir"]) / f["name"] for f in manifest["splits"][s]["files"]]
-                  for s in ("train", "val") if s in manifest["splits"]}
-        annotations_csv = manifest["annotations"]
-        image_height = manifest["image_size"][0]
-        heatmaps = run / "gradcam" / "heatmaps.h5"
-        out_dir = Path(out) if out else run / "unet" / variant / f"seed{seed}"
-    else:
-        from .data.fastmri_h5 import find_splits, list_volumes
-
-        found = find_splits(data)
-        splits = {s: list_volumes(found[s]) for s in ("train", "val") if s in found}
-        spec = MaskSpec("random", tuple(accelerations), tuple(center_fractions))
-        csv = Path(data) / "annotations" / "knee.csv"
-        annotations_csv = str(csv) if csv.is_file() else None
-        image_height = None
-        out_dir = Path(out) if out else Path("runs") / "train" / variant / f"seed{seed}"
-        if variant == "gradcam":
-            raise ParameterError("--variant", "the gradcam variant needs the heatmaps of notebook 04: "
-                                 "pass --run-dir instead of --data")
-    for s in ("train", "val"):
-        if s not in splits:
-            raise ParameterError("data", f"no {s} split to train the U-Net with")
-
-    # before joining the process group: every rank fails here alike, no rank waits for another
-    check_shardable({Path(f).stem: [i] for i, f in enumerate(splits["train"])}, int(os.environ.get("WORLD_SIZE", "1")))
-    ctx = init_distributed(device)
-    try:
-        banks = {s: load_bank(p, ctx.device, storage, verbose=ctx.is_main) for s, p in splits.items()}
-        if image_height is None:
-            image_height = banks["train"].crop[0]
-        check_shardable(banks["train"].volumes, ctx.world_size)
-        boxes = None
-        if annotations_csv:
-            from .data import annotations
-
-            boxes = annotations.read_boxes(annotations_csv, image_height=image_height)
-        config, history = train_variant(
-            banks, spec, variant, seed, out_dir, ctx.device, model=model, chans=chans, pools=pools,
-            epochs=epochs, lr=lr, optimizer=optimizer, lr_step=lr_step, batch_size=batch_size,
-            weight_rule=weight_rule, alpha=alpha, threshold=threshold, cam_method=cam_method,
-            boxes=boxes, heatmaps=heatmaps, resume=resume, progress=progress, dist=ctx,
-        )
-        if ctx.is_main:
-            if run_dir is not None and out is None:  # keep RUN/unet/runs.json in step, as notebook 05
-                runs_path = Path(run_dir) / "unet" / "runs.json"
-                runs = read_json(runs_path) if runs_path.is_file() else []
-                runs = [r for r in runs if (r.get("variant"), r.get("seed")) != (variant, seed)] + [config]
-                write_json(runs_path, runs)
-        ctx.barrier()
-        return {**config, "history": history, "out_dir": str(out_dir), "world_size": ctx.world_size,
-                "device": str(ctx.device), "storage": banks["train"].storage_note, "is_main": ctx.is_main}
-    finally:
-        cleanup()

@@ -16,7 +16,8 @@ equals it exactly when the weights are uniform; ``alpha`` changes the balance be
 regions, not the learning rate.
 
 :func:`box_weight_map` gives the oracle weights (``1 + alpha`` inside ground-truth boxes)
-for the ablation that asks how much of the effect the classifier's maps carry.
+for the ablation that asks how much of the effect the classifier's maps carry. The loss
+variants themselves, which combine these pieces, are classes in :mod:`mrlib.variants`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .data.boxes import boxes_mask
 from .errors import ParameterError
 
 RULES = ("linear", "threshold", "none")
@@ -99,20 +101,6 @@ def box_weight_map(shape: tuple[int, int], boxes: Sequence[Sequence], alpha: flo
     return (1.0 + alpha * boxes_mask((h, w), boxes)).astype(np.float32)
 
 
-def boxes_mask(shape: tuple[int, int], boxes: Sequence[Sequence]) -> np.ndarray:
-    """Boolean ``(H, W)`` mask of the union of ``(x, y, width, height, ...)`` boxes (clipped)."""
-    h, w = (int(s) for s in shape)
-    mask = np.zeros((h, w), dtype=bool)
-    for box in boxes:
-        if len(box) < 4:
-            raise ParameterError("boxes", f"a box is (x, y, width, height, ...), got {tuple(box)!r}")
-        x, y, bw, bh = (int(v) for v in box[:4])
-        if bw < 0 or bh < 0:
-            raise ParameterError("boxes", f"box {tuple(box)!r} has a negative width or height")
-        mask[max(y, 0) : max(y + bh, 0), max(x, 0) : max(x + bw, 0)] = True
-    return mask
-
-
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """ROI-weighted MSE: per image ``sum(w * (pred - target)^2) / sum(w)``, then the batch mean.
 
@@ -145,90 +133,3 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     num = (weight * sq).flatten(1).sum(dim=1)
     den = weight.flatten(1).sum(dim=1)
     return (num / den).mean()
-
-
-# --------------------------------------------------------------------------- ablation variants
-
-#: The loss variants of the ablation. ``gradcam`` is the report's method; ``oracle`` uses
-#: the ground-truth boxes instead of the classifier's maps (an upper bound on what better
-#: maps could give); ``random`` puts boxes of the same sizes at random places (does any
-#: re-weighting help, or the right one?); ``l1`` is fastMRI's own U-Net loss.
-VARIANTS = ("unweighted", "gradcam", "oracle", "random", "l1")
-
-
-def check_variant(variant: str) -> str:
-    """Return ``variant`` or raise :class:`ParameterError` listing the known ones."""
-    if variant not in VARIANTS:
-        raise ParameterError("variants", f"unknown variant {variant!r}; use some of {', '.join(VARIANTS)}")
-    return variant
-
-
-def random_boxes(
-    boxes: Sequence[Sequence], shape: tuple[int, int], rng: np.random.Generator
-) -> list[tuple[int, int, int, int]]:
-    """Boxes of the same sizes as ``boxes`` at uniformly random places inside ``shape``."""
-    h, w = shape
-    out = []
-    for _, _, bw, bh, *_ in boxes:
-        bw, bh = min(int(bw), w), min(int(bh), h)
-        out.append((int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1)), bw, bh))
-    return out
-
-
-def variant_weights(
-    variant: str,
-    files: Sequence[str],
-    slice_nums: Sequence[int],
-    shape: tuple[int, int],
-    boxes_df=None,
-    heatmaps_path=None,
-    cam_method: str = "gradcam",
-    rule: str = "linear",
-    alpha: float = 4.0,
-    threshold: float = 0.5,
-    seed: int = 0,
-) -> torch.Tensor | None:
-    """Per-slice loss weights ``(N, H, W)`` of one variant for slices ``(files[i], slice_nums[i])``.
-
-    ``None`` for the unweighted variants (``unweighted``, ``l1``). ``gradcam`` reads the
-    maps of ``heatmaps_path`` (every slice must be there: a missing one is a
-    :class:`~mrlib.errors.DataError`) and applies :func:`weight_map`; ``oracle`` and
-    ``random`` need ``boxes_df`` (image coordinates), and slices without a box weigh 1.
-    """
-    from .data.annotations import boxes_for
-    from .errors import DataError
-
-    check_variant(variant)
-    if variant in ("unweighted", "l1"):
-        return None
-    n = len(files)
-    weights = np.ones((n, *shape), dtype=np.float32)
-    if variant == "gradcam":
-        from .cam import read_heatmaps
-
-        if heatmaps_path is None:
-            raise DataError("heatmaps", "the gradcam variant needs RUN/gradcam/heatmaps.h5 (notebook 04)")
-        cache: dict[str, np.ndarray] = {}
-        for i, (stem, s) in enumerate(zip(files, slice_nums)):
-            if stem not in cache:
-                cache[stem] = read_heatmaps(heatmaps_path, cam_method, stem, shape=shape)[0]
-            if s >= cache[stem].shape[0]:
-                raise DataError(heatmaps_path, f"has {cache[stem].shape[0]} slices of {stem}; slice {s} is needed")
-            weights[i] = weight_map(cache[stem][s], rule=rule, alpha=alpha, threshold=threshold)
-        return torch.from_numpy(weights)
-    if boxes_df is None:
-        raise DataError("annotations", f"the {variant} variant needs the lesion boxes (annotations/knee.csv)")
-    rng = np.random.default_rng(seed)
-    for i, (stem, s) in enumerate(zip(files, slice_nums)):
-        boxes = boxes_for(boxes_df, stem, int(s))
-        if boxes:
-            placed = boxes if variant == "oracle" else random_boxes(boxes, shape, rng)
-            weights[i] = box_weight_map(shape, placed, alpha)
-    return torch.from_numpy(weights)
-
-
-def variant_loss(variant: str, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """The training loss of a variant: L1 for ``l1``, (weighted) MSE otherwise."""
-    if variant == "l1":
-        return torch.nn.functional.l1_loss(pred, target)
-    return weighted_mse(pred, target, weight)

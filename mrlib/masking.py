@@ -181,16 +181,3 @@ def zero_filled(kspace: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
 def sampling_rate(masks: torch.Tensor) -> torch.Tensor:
     """Fraction of phase-encode columns kept by each mask ``(B, 1, cols, 1)`` -> ``(B,)``."""
     return masks.flatten(1).mean(dim=1)
-
-
-def read_mask_spec(run_dir) -> MaskSpec:
-    """The run's masking spec, ``RUN/masking.json`` (written by notebook 02)."""
-    from pathlib import Path
-
-    from .artifacts import read_json
-    from .errors import DataError
-
-    path = Path(run_dir) / "masking.json"
-    if not path.is_file():
-        raise DataError(path, "missing; notebook 02_masking writes it (run it first)")
-    return MaskSpec.from_dict(read_json(path))

@@ -2,15 +2,32 @@
 
 fastMRI reports NMSE, PSNR and SSIM per volume (PSNR and SSIM with the volume's maximum
 as the data range), then averages over volumes. These wrap its functions rather than
-re-deriving them.
+re-deriving them. The ROI metrics restrict the same functions to the lesion boxes; the
+localisation scores measure how well a heatmap finds those boxes.
 """
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import numpy as np
 from fastmri import evaluate
+from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_auc_score
 
-from .errors import DataError
+from .data.boxes import boxes_mask, window
+from .errors import DataError, ParameterError
+
+#: The reconstruction metrics per volume: fastMRI's, then the same inside the lesion boxes.
+METRICS = ("nmse", "psnr", "ssim", "roi_nmse", "roi_psnr", "roi_ssim")
+ROI_METRICS = ("roi_nmse", "roi_psnr", "roi_ssim")
+#: which direction is better, for the sentences that read the comparisons
+HIGHER_IS_BETTER = {"nmse": False, "psnr": True, "ssim": True,
+                    "roi_nmse": False, "roi_psnr": True, "roi_ssim": True}
+#: The name of the zero-filled baseline in tables (it has no training seed: seed -1).
+ZERO_FILLED = "zero-filled"
+ZERO_FILLED_SEED = -1
+SSIM_WINDOW = 7  # skimage.metrics.structural_similarity's default win_size
 
 
 def volume_metrics(gt: np.ndarray, pred: np.ndarray, where: str = "reconstruction") -> dict[str, float]:
@@ -38,8 +55,6 @@ def volume_metrics(gt: np.ndarray, pred: np.ndarray, where: str = "reconstructio
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (scikit-learn); needs both classes among ``labels``."""
-    from sklearn.metrics import roc_auc_score
-
     labels = np.asarray(labels).astype(int)
     if len(np.unique(labels)) < 2:
         raise DataError("labels", f"AUC needs both classes; all {len(labels)} labels are {labels[0] if len(labels) else 'missing'}")
@@ -68,6 +83,76 @@ def bootstrap_auc_ci(
     return float(low), float(high)
 
 
+# --------------------------------------------------------------------------- ROI metrics
+
+def roi_mask(shape: tuple[int, ...], boxes_by_slice: Mapping[int, Sequence]) -> np.ndarray:
+    """Boolean ``(S, H, W)`` mask of the union of the boxes of every annotated slice."""
+    mask = np.zeros(shape, dtype=bool)
+    for s, boxes in boxes_by_slice.items():
+        s = int(s)
+        if not 0 <= s < shape[0]:
+            raise DataError("boxes", f"annotated slice {s} is beyond the volume's {shape[0]} slices")
+        mask[s] |= boxes_mask(shape[1:], boxes)
+    return mask
+
+
+def roi_metrics(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    boxes_by_slice: Mapping[int, Sequence],
+    maxval: float | None = None,
+) -> dict[str, float]:
+    """NMSE, PSNR and SSIM inside the ground-truth lesion boxes of one volume.
+
+    Args:
+        gt: fully sampled target ``(S, H, W)``.
+        pred: reconstruction, same shape.
+        boxes_by_slice: ``{slice index: [Box or (x, y, width, height, ...), ...]}`` in
+            image coordinates; boxes are clipped to the image.
+        maxval: the data range for PSNR and SSIM; ``None`` takes ``gt.max()``, the whole
+            volume's maximum, as ``fastmri.evaluate`` does (not the maximum inside the
+            boxes, so ROI and volume PSNR are on one scale).
+
+    Returns:
+        ``{"roi_nmse", "roi_psnr", "roi_ssim"}``:
+
+        * ``roi_nmse`` and ``roi_psnr``: ``fastmri.evaluate.nmse`` / ``psnr`` of the pixels
+          inside the union of all boxes of all annotated slices, pooled over the volume;
+        * ``roi_ssim``: the mean over boxes of ``structural_similarity`` (7 x 7 window,
+          ``data_range=maxval``) on each box's crop, a box smaller than 7 x 7 enlarged
+          symmetrically to 7 x 7 (:func:`mrlib.data.boxes.window`).
+
+        All three are NaN when the volume has no box with a pixel in the image.
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    if gt.ndim != 3 or gt.shape != pred.shape:
+        raise DataError("roi_metrics", f"expected two (slices, h, w) volumes of one shape, got {gt.shape} and {pred.shape}")
+    nan = {k: float("nan") for k in ROI_METRICS}
+    mask = roi_mask(gt.shape, boxes_by_slice or {})
+    if not mask.any():
+        return nan
+    maxval = float(gt.max()) if maxval is None else float(maxval)
+    g, p = gt[mask], pred[mask]
+    out = {
+        "roi_nmse": float(np.asarray(evaluate.nmse(g, p))) if np.any(g) else float("nan"),
+        "roi_psnr": float(np.asarray(evaluate.psnr(g, p, maxval=maxval))),
+    }
+    ssims = []
+    h, w = gt.shape[1:]
+    for s, boxes in boxes_by_slice.items():
+        for box in boxes:
+            win = window(box, (h, w), SSIM_WINDOW)
+            if win is None:
+                continue
+            y0, y1, x0, x1 = win
+            if min(y1 - y0, x1 - x0) < SSIM_WINDOW:
+                raise DataError("roi_metrics", f"the image ({h}x{w}) is smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
+            ssims.append(structural_similarity(gt[int(s), y0:y1, x0:x1], pred[int(s), y0:y1, x0:x1], data_range=maxval))
+    out["roi_ssim"] = float(np.mean(ssims))
+    return out
+
+
 # --------------------------------------------------------------------------- localisation
 # How well a classifier's heatmap (mrlib.cam) finds the ground-truth lesion boxes
 # (fastMRI+ format, image coordinates from mrlib.data.annotations.read_boxes).
@@ -76,8 +161,6 @@ LOCALIZATION_COLUMNS = ("method", "n_slices", "pointing_game", "energy_in_box", 
 
 
 def _box_union(shape: tuple[int, int], boxes) -> np.ndarray:
-    from .losses import boxes_mask
-
     return boxes_mask(shape, boxes)
 
 
@@ -125,8 +208,6 @@ def box_iou(heatmap: np.ndarray, boxes, threshold: float = 0.5) -> float:
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
             or not (0.0 <= float(threshold) <= 1.0):
-        from .errors import ParameterError
-
         raise ParameterError("threshold", f"must be a number in [0, 1], got {threshold!r}")
     m = _as_map(heatmap)
     peak = m.max()
@@ -147,56 +228,6 @@ def localization_row(method: str, pairs, iou_threshold: float = 0.5) -> dict:
         iou.append(box_iou(m, boxes, iou_threshold))
     return dict(method=str(method).strip().lower(), n_slices=len(hits), pointing_game=float(np.mean(hits)),
                 energy_in_box=float(np.mean(energy)), iou=float(np.mean(iou)))
-
-
-def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 0.5):
-    """Localisation scores of each CAM method against the ground-truth boxes.
-
-    Args:
-        heatmaps_path: a file written by :func:`mrlib.cam.compute_heatmaps`.
-        boxes_df: boxes in image coordinates (:func:`mrlib.data.annotations.read_boxes`).
-            Only slices with at least one box are scored; the boxes of one slice count
-            as their union. Boxes of files that the heatmap file does not hold (e.g.
-            another split) are skipped.
-        methods: CAM method names held in the file.
-        iou_threshold: the map region for :func:`box_iou` is ``map >= t * max``.
-
-    Returns:
-        ``pandas.DataFrame`` with columns ``method, n_slices, pointing_game,
-        energy_in_box, iou``: per method, the number of annotated slices scored and the
-        means over them (pointing game as a hit rate).
-
-    Raises:
-        DataError: no annotated slice belongs to a volume in the heatmap file (they do
-            not match), or a box's slice index is beyond its volume.
-    """
-    import pandas as pd
-
-    from .cam import heatmap_info, read_heatmaps
-
-    if isinstance(methods, str):
-        methods = [methods]
-    info = heatmap_info(heatmaps_path)
-    held = set(info["files"])
-    df = boxes_df[boxes_df["file"].astype(str).isin(held)]
-    if df.empty:
-        raise DataError(
-            heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
-            "(do the heatmaps and the annotations come from the same dataset?)",
-        )
-
-    def pairs(method):
-        for stem, per_file in df.groupby("file", sort=True):
-            maps, _ = read_heatmaps(heatmaps_path, method, stem)
-            for slice_num, per_slice in per_file.groupby("slice", sort=True):
-                if not 0 <= int(slice_num) < maps.shape[0]:
-                    raise DataError(
-                        heatmaps_path, f"annotated slice {int(slice_num)} of {stem} is beyond its {maps.shape[0]} slices"
-                    )
-                yield maps[int(slice_num)], list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
-
-    rows = [localization_row(method, pairs(method), iou_threshold) for method in methods]
-    return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
 
 
 def chance_localization(boxes_df, image_shape: tuple[int, int]) -> dict:

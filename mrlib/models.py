@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 from fastmri.models import Unet
+from torchvision.models import AlexNet_Weights, alexnet
 from torch import nn
 
-from .errors import MrlibError
+from .errors import MrlibError, ParameterError
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -60,8 +61,6 @@ class MRNet(nn.Module):
 
     def __init__(self, pretrained: bool = False) -> None:
         super().__init__()
-        from torchvision.models import AlexNet_Weights, alexnet
-
         weights = AlexNet_Weights.IMAGENET1K_V1 if pretrained else None
         try:
             backbone = alexnet(weights=weights)
@@ -104,8 +103,6 @@ UNET_KINDS = ("unet", "seed")
 
 def build_unet(kind: str = "unet", chans: int = 32, num_pool_layers: int = 4) -> nn.Module:
     """A reconstruction network by name: ``"unet"`` (fastMRI's) or ``"seed"`` (the report's)."""
-    from .errors import ParameterError
-
     if kind == "unet":
         return fastmri_unet(chans=chans, num_pool_layers=num_pool_layers)
     if kind == "seed":

@@ -1,33 +1,42 @@
-"""The papermill runner and the book build.
+"""The papermill runner and the run's own book.
 
 ``run`` executes the source notebooks in ``notebooks/`` in order with papermill, each
-with the parameters its ``parameters`` cell declares (from the preset, then ``-p``
-overrides), writing the executed copies into ``book/notebooks/``. ``build_book`` then
-builds the Jupyter Book (1.x) from ``_config.yml`` / ``_toc.yml`` with warnings as errors.
+with the parameters its ``parameters`` cell declares (its defaults, then the preset's
+values, then ``-p`` overrides), and writes the executed copies into the run directory
+(:meth:`mrlib.rundir.RunDir.executed`). ``build_book`` then builds that run's Jupyter
+Book (1.x) from a copy of the project's pages, ``_config.yml`` and ``_toc.yml`` under the
+run directory, with warnings as errors: two runs never share a chapter or a build.
+
+The console: in a terminal, progress bars (notebooks, cells); in a log (stdout not a
+terminal), plain lines only: one when a notebook starts and one when it ends, and the
+training loops' own lines (:class:`mrlib.runtime.Heartbeat`), at most one per 10 s.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 from tqdm.auto import tqdm
 
-from .artifacts import read_json, write_json, write_text
+from .artifacts import write_text
 from .errors import MrlibError, ParameterError
 from .presets import get_preset
+from .rundir import NOTEBOOKS, RunDir
 from .runtime import HEADLESS_ENV
 
-#: The chapters, in the order they run. Each reads only what earlier ones wrote.
-NOTEBOOKS = ("01_data", "02_masking", "03_mrnet", "04_gradcam", "05_weighted_unet", "06_evaluation")
+#: Parameters the runner sets itself, from the command's options, not from ``-p``.
+PATH_PARAMETERS = {"preset": "--preset", "run_dir": "--run-dir", "data_dir": "--data"}
 
 
 class NotebookError(MrlibError):
@@ -37,7 +46,7 @@ class NotebookError(MrlibError):
 
 
 def project_root() -> Path:
-    """The project checkout: where ``_toc.yml`` and ``notebooks/`` live."""
+    """The project checkout: where ``notebooks/``, ``book/`` and ``_toc.yml`` live."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "notebooks").is_dir() or not (root / "_toc.yml").is_file():
         raise MrlibError(root, "no notebooks/ and _toc.yml here; run from a clone of the project")
@@ -46,12 +55,18 @@ def project_root() -> Path:
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:
     """The parameters a notebook's ``parameters`` cell declares, with their default values."""
-    import papermill
+    import papermill  # lazy: papermill pulls in nbclient and jupyter_client
 
     params = papermill.inspect_notebook(str(notebook))
     if not params:
         raise MrlibError(notebook, "has no cell tagged 'parameters'")
     return {name: ast.literal_eval(p["default"]) for name, p in params.items()}
+
+
+def notebook_defaults(notebooks: Iterable[str] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+    """Each notebook's declared parameters and defaults."""
+    root = project_root()
+    return {nb: declared_parameters(root / "notebooks" / f"{nb}.ipynb") for nb in notebooks}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -89,37 +104,26 @@ def coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def resolve_parameters(
-    preset: str,
-    data_dir: str | Path | None = None,
-    run_dir: str | Path | None = None,
-    overrides: Iterable[str] = (),
-    notebooks: Iterable[str] = NOTEBOOKS,
-) -> dict[str, dict[str, Any]]:
-    """Every parameter of each notebook: its default, else the preset's value, the paths,
-    then ``name=value`` overrides.
+def preset_parameters(preset: str, overrides: Iterable[str] = (),
+                      notebooks: Iterable[str] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+    """Each notebook's parameters for ``preset``: its default, else the preset's value,
+    then ``name=value`` overrides; the paths (``run_dir``, ``data_dir``) are left as declared.
 
     Raises :class:`ParameterError` for an unknown preset, an override that no notebook
     declares, or a value whose type does not match the notebook's default.
     """
-    root = project_root()
     spec = get_preset(preset)
-    if spec["synth"] is None and not data_dir:
-        raise ParameterError("--data", f"the {preset!r} preset runs on real data: pass --data DIR")
-    run_dir = Path(run_dir) if run_dir else root / "runs" / preset
-    values: dict[str, Any] = dict(spec["params"])
-    values.update(
-        interactive=False,  # papermill runs headless: static figures instead of sliders
-        preset=preset,
-        run_dir=str(run_dir.resolve()),
-        data_dir=str(Path(data_dir).resolve()) if data_dir else "",
-    )
-    declared = {nb: declared_parameters(root / "notebooks" / f"{nb}.ipynb") for nb in notebooks}
+    declared = notebook_defaults(notebooks)
     known = {name: default for params in declared.values() for name, default in params.items()}
+    values: dict[str, Any] = dict(spec["params"])
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ParameterError(f"preset {preset}", f"sets {', '.join(unknown)}, which no notebook declares")
+    values.update(interactive=False, preset=preset)  # papermill runs headless: static figures
     for text in overrides:
         name, value = parse_override(text)
-        if name in ("preset", "run_dir", "data_dir"):
-            raise ParameterError(f"-p {name}", f"set it with --{name.replace('_dir', '-dir').replace('data-dir', 'data')} instead")
+        if name in PATH_PARAMETERS:
+            raise ParameterError(f"-p {name}", f"set it with {PATH_PARAMETERS[name]} instead")
         if name not in known:
             raise ParameterError(
                 f"-p {name}", f"no notebook declares this parameter; known: {', '.join(sorted(known))}"
@@ -130,6 +134,37 @@ def resolve_parameters(
              for name, default in params.items()}
         for nb, params in declared.items()
     }
+
+
+def flat_parameters(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One dict of every notebook's parameters (a name means one thing in every notebook)."""
+    return {k: v for nb_params in params.values() for k, v in nb_params.items()}
+
+
+def kernel_cwd(run_dir: Path) -> Path:
+    """Where the kernels run: the current directory when the run directory lies below it
+    (so the book shows ``runs/default``), else the run directory's parent."""
+    here, target = Path.cwd().resolve(), run_dir.resolve()
+    return here if target == here or here in target.parents else target.parent
+
+
+def resolve_parameters(
+    preset: str,
+    data_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    notebooks: Iterable[str] = NOTEBOOKS,
+) -> dict[str, dict[str, Any]]:
+    """:func:`preset_parameters` with the paths filled in, relative to :func:`kernel_cwd`."""
+    spec = get_preset(preset)
+    if spec["synth"] is None and not data_dir:
+        raise ParameterError("--data", f"the {preset!r} preset runs on real data: pass --data DIR")
+    params = preset_parameters(preset, overrides, notebooks)
+    run_path = Path(run_dir) if run_dir else Path("runs") / preset
+    cwd = kernel_cwd(run_path)
+    paths = {"run_dir": os.path.relpath(run_path.resolve(), cwd),
+             "data_dir": os.path.relpath(Path(data_dir).resolve(), cwd) if data_dir else ""}
+    return {nb: {k: paths.get(k, v) for k, v in p.items()} for nb, p in params.items()}
 
 
 def run(
@@ -146,62 +181,70 @@ def run(
     Stops at the first failure with a :class:`NotebookError` naming the notebook, the
     cell and the error; the executed copy (with the traceback) is kept for reading.
 
-    The run directory is stamped with ``run.json`` (preset and parameters). A directory
-    stamped with other parameters is refused, and so is a finished run, unless
-    ``force``, which deletes the earlier run first. An unfinished run with the same
-    parameters continues: training resumes from its last checkpoints.
+    The run directory is stamped (preset and parameters). A directory stamped with other
+    parameters is refused, and so is a finished run, unless ``force``, which deletes the
+    earlier run first. An unfinished run with the same parameters continues: training
+    resumes from its last checkpoints.
     """
     root = project_root()
     notebooks = list(notebooks)
     params = resolve_parameters(preset, data_dir, run_dir, overrides, notebooks)
-    flat = {k: v for nb_params in params.values() for k, v in nb_params.items()}
-    run_path = Path(flat["run_dir"])
-    stamp = claim_run_dir(run_path, preset, flat, notebooks, force)
-    out_dir = root / "book" / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run_path = Path(run_dir) if run_dir else Path("runs") / preset
+    rd = RunDir(run_path)
+    cwd = kernel_cwd(run_path)
+    flat = flat_parameters(params)
+    stamp = claim_run_dir(rd, preset, flat, notebooks, force, data_dir)
+    plain = not sys.stdout.isatty()
     written = []
-    # Progress is shown here, per notebook and per cell; inside the kernels mrlib's bars are
-    # turned off, since a notebook bar saved by papermill freezes at 0 % in the book.
+    # Inside the kernels mrlib's bars are off (a notebook bar saved by papermill freezes at
+    # 0 % in the book); the training loops print plain lines to the console instead.
     saved = os.environ.get(HEADLESS_ENV)
     os.environ[HEADLESS_ENV] = "1"
     try:
-        for nb in tqdm(notebooks, desc=f"run {preset}", unit="notebook", disable=not progress):
-            written.append(_execute(root, nb, params[nb], out_dir, progress))
+        bar = tqdm(notebooks, desc=f"run {preset}", unit="notebook", disable=not progress or plain)
+        for nb in bar:
+            written.append(_execute(root, nb, params[nb], rd, cwd, progress and not plain))
             stamp["finished"] = sorted(set(stamp["finished"]) | {nb})
-            write_json(run_path / RUN_STAMP, stamp)
+            rd.write_stamp(stamp)
     finally:
         if saved is None:
             os.environ.pop(HEADLESS_ENV, None)
         else:
             os.environ[HEADLESS_ENV] = saved
-    write_run_info(root / "book" / "generated" / "run_info.md", stamp)
+    write_run_info(rd, stamp)
     return written
 
 
-RUN_STAMP = "run.json"
-
-
 def claim_run_dir(
-    run_dir: Path, preset: str, parameters: dict[str, Any], notebooks: list[str], force: bool = False
+    rd: RunDir, preset: str, parameters: dict[str, Any], notebooks: list[str], force: bool = False,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Stamp ``run_dir`` for this run (``run.json``), or refuse one that belongs to another.
+    """Stamp the run directory for this run, or refuse one that belongs to another.
 
-    The stamp holds the preset, the parameters and the notebooks finished so far. A
-    directory whose stamp differs in the preset or in any parameter both runs set is
-    refused, and so is one where every notebook asked for has already finished, unless
-    ``force``, which deletes the directory first. Returns the stamp to update.
+    The stamp holds the preset, the parameters (paths aside), the data directory (relative
+    to the run directory when inside it) and the notebooks finished so far. A directory
+    whose stamp differs in the preset, the data or any parameter both runs set is refused,
+    and so is one where every notebook asked for has already finished, unless ``force``,
+    which deletes the directory first. Returns the stamp to update.
 
     Raises:
         MrlibError: naming the directory and, for other parameters, which ones differ.
     """
-    path = run_dir / RUN_STAMP
-    new = json.loads(json.dumps({"preset": preset, "parameters": parameters}))
-    if force and path.is_file():
+    run_dir = rd.root
+    params = {k: v for k, v in parameters.items() if k not in ("run_dir", "data_dir")}
+    data = ""
+    if data_dir:
+        data = os.path.relpath(Path(data_dir).resolve(), run_dir.resolve()) \
+            if run_dir.resolve() in Path(data_dir).resolve().parents else str(Path(data_dir).resolve())
+    new = {"preset": preset, "data": data, "parameters": params}
+    if force and rd.stamp.is_file():
         shutil.rmtree(run_dir)
-    if path.is_file():
-        old = read_json(path)
+    if rd.stamp.is_file():
+        old = rd.read_stamp()
         old_params = old.get("parameters", {})
-        diff = sorted(k for k in set(old_params) & set(new["parameters"]) if old_params[k] != new["parameters"][k])
+        diff = sorted(k for k in set(old_params) & set(params) if old_params[k] != params[k])
+        if old.get("data", "") != data:
+            diff.insert(0, "--data")
         if old.get("preset") != preset or diff:
             what = f"preset {old.get('preset')!r}" if old.get("preset") != preset else f"parameters {', '.join(diff[:6])}"
             raise MrlibError(
@@ -210,29 +253,25 @@ def claim_run_dir(
         finished = list(old.get("finished", []))
         if set(notebooks) <= set(finished):
             raise MrlibError(run_dir, "holds a finished run with these parameters; use --force to run it again")
-        new["parameters"] = {**old_params, **new["parameters"]}
+        new["parameters"] = {**old_params, **params}
     elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise MrlibError(run_dir, "is not empty and holds no run.json; choose an empty or new --run-dir")
+        raise MrlibError(run_dir, f"is not empty and holds no {rd.STAMP}; choose an empty or new --run-dir")
     else:
         finished = []
     stamp = {**new, "finished": finished}
-    write_json(path, stamp)
+    rd.write_stamp(stamp)
     return stamp
 
 
-def write_run_info(path: Path, stamp: dict[str, Any]) -> Path:
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def write_run_info(rd: RunDir, stamp: dict[str, Any]) -> Path:
     """The book's record of what produced it: preset, parameters, versions, device, commit."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
     here = Path(__file__).resolve().parent  # git answers from inside the checkout, wherever the page goes
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
@@ -245,29 +284,32 @@ def write_run_info(path: Path, stamp: dict[str, Any]) -> Path:
     params = stamp["parameters"]
     lines = [
         f"This edition was produced by `python -m mrlib run --preset {stamp['preset']}` at git commit `{sha}`,",
-        f"on {device}, with Python {platform.python_version()}, on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        f"on {device}, with Python {platform.python_version()}, on {time.strftime('%Y-%m-%d %H:%M %Z')}"
+        + (f", from the data in `{stamp['data']}`." if stamp.get("data") else ", on the preset's synthetic data."),
         "",
         "| parameter | value |", "| --- | --- |",
-        *[f"| `{k}` | `{v}` |" for k, v in sorted(params.items()) if k not in ("run_dir",)],
+        *[f"| `{k}` | `{v}` |" for k, v in sorted(params.items())],
         "",
         "| package | version |", "| --- | --- |",
-        *[f"| {p} | {ver(p)} |" for p in packages],
+        *[f"| {p} | {_package_version(p)} |" for p in packages],
     ]
-    return write_text(path, "\n".join(lines) + "\n")
+    return write_text(rd.run_info, "\n".join(lines) + "\n")
 
 
-def _execute(root: Path, nb: str, params: dict[str, Any], out_dir: Path, progress: bool) -> Path:
+def _execute(root: Path, nb: str, params: dict[str, Any], rd: RunDir, cwd: Path, progress: bool) -> Path:
     """Execute one notebook with papermill; raise :class:`NotebookError` naming the failing cell."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    import papermill  # lazy: papermill pulls in nbclient and jupyter_client
+    from papermill.exceptions import PapermillExecutionError  # lazy: as papermill
 
     source = root / "notebooks" / f"{nb}.ipynb"
-    target = out_dir / f"{nb}.ipynb"
-    tqdm.write(f"[mrlib] {nb}: {params}")
+    target = rd.executed(nb)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tqdm.write(f"[mrlib] {nb}: start")
     try:
         papermill.execute_notebook(
             str(source), str(target), parameters=params, kernel_name="python3",
-            progress_bar=progress, cwd=str(root),
+            progress_bar=progress, cwd=str(cwd), kernel_manager_class=_kernel_manager_class(),
         )
     except PapermillExecutionError as exc:
         raise NotebookError(
@@ -275,22 +317,55 @@ def _execute(root: Path, nb: str, params: dict[str, Any], out_dir: Path, progres
             f"failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
             f"(the executed copy with the traceback is {target})",
         ) from None
+    tqdm.write(f"[mrlib] {nb}: done in {time.perf_counter() - start:.0f} s")
     return target
 
 
-def build_book(root: Path | None = None) -> Path:
-    """Build the Jupyter Book with warnings as errors; return the path of ``index.html``."""
+def _kernel_manager_class() -> str:
+    """A kernel manager on IPC sockets where the OS has them: the kernels then do not warn
+    that they run over TCP without encryption (they listen on local files, not ports)."""
+    return "mrlib.kernels.IPCKernelManager" if os.name == "posix" else "jupyter_client.manager.AsyncKernelManager"
+
+
+# --------------------------------------------------------------------------- the book
+
+#: The project's book sources copied into each run's book.
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+
+
+def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
+    """Copy the project's pages, ``_config.yml`` and ``_toc.yml`` beside the run's executed
+    notebooks, under :attr:`RunDir.book`; return that directory."""
     root = root or project_root()
+    book = rd.book
+    book.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, book / name)
+    pages = book / "book"
+    pages.mkdir(parents=True, exist_ok=True)
+    for page in sorted((root / "book").glob("*.md")):
+        shutil.copy2(page, pages / page.name)
+    missing = [nb for nb in NOTEBOOKS if not rd.executed(nb).is_file()]
+    if missing:
+        raise MrlibError(rd.root, f"has no executed {', '.join(missing)}; run the notebooks first (python -m mrlib run)")
+    if not rd.run_info.is_file():
+        raise MrlibError(rd.run_info, "missing; python -m mrlib run writes it")
+    return book
+
+
+def build_book(rd: RunDir, root: Path | None = None) -> Path:
+    """Build the run's Jupyter Book with warnings as errors; return the path of ``index.html``."""
+    book = prepare_book(rd, root)
     cmd = [
         sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
-        "build", str(root), "--warningiserror", "--keep-going",
+        "build", str(book), "--config", str(book / "_config.yml"), "--toc", str(book / "_toc.yml"),
+        "--path-output", str(book), "--warningiserror", "--keep-going",
     ]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=book, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr).strip().splitlines()
         found = [line for line in lines if "WARNING" in line or "ERROR" in line] or lines[-25:]
-        raise MrlibError("_config.yml", "the book build failed or warned:\n" + "\n".join(found))
-    index = root / "_build" / "html" / "index.html"
-    if not index.is_file():
-        raise MrlibError(index, "the build finished but wrote no index.html")
-    return index
+        raise MrlibError(book / "_config.yml", "the book build failed or warned:\n" + "\n".join(found))
+    if not rd.book_html.is_file():
+        raise MrlibError(rd.book_html, "the build finished but wrote no index.html")
+    return rd.book_html

@@ -3,9 +3,11 @@
 A preset has two parts:
 
 * ``synth``: the keyword arguments of :class:`mrlib.data.synth.SynthConfig`, i.e. the
-  geometry and size of the synthetic cohorts (ignored when real data is given);
-* ``params``: notebook parameters; each notebook receives those its ``parameters``
-  cell declares.
+  geometry and size of the synthetic cohorts (``None``: real data only, from ``--data``);
+* ``params``: notebook parameters that differ from the notebooks' own defaults. The
+  notebooks' defaults are the ``smoke`` preset, and the trained models' fields are those
+  of :class:`mrlib.config.UnetConfig` and :class:`mrlib.config.ClassifierConfig` (whose
+  defaults are the notebooks'), so ``smoke`` overrides nothing.
 
 ``smoke`` is for tests and CI, ``default`` is the README's main job on a laptop CPU,
 ``full`` has fastMRI's geometry (k-space 640 x 368, images 320 x 320) for one GPU, and
@@ -25,11 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             image_size=64, n_slices=4, n_train=3, n_val=1, n_test=2,
             kneemri_exams=16, kneemri_slices=6, kneemri_size=64, n_coils=4,
         ),
-        "params": dict(
-            accelerations=[4, 8], center_fractions=[0.08, 0.04],
-            mrnet_epochs=2, mrnet_lr=1e-4, mrnet_input_size=64,
-            seeds=[0], chans=8, pools=2, unet_epochs=2,
-        ),
+        "params": dict(),
     },
     "default": {
         "synth": dict(
@@ -39,8 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # MRNet from scratch on a CPU: 112 px input and lr 1e-4 (Bien et al.'s 1e-5 and
         # 224 px fine-tune ImageNet weights, which are not available offline).
         "params": dict(
-            accelerations=[4, 8], center_fractions=[0.08, 0.04],
-            mrnet_epochs=6, mrnet_lr=1e-4, mrnet_input_size=112,
+            mrnet_epochs=6, mrnet_input_size=112,
             seeds=[0, 1], chans=16, pools=3, unet_epochs=10,
         ),
     },
@@ -49,11 +46,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             image_size=320, n_slices=35, n_train=40, n_val=10, n_test=10,
             kneemri_exams=120, kneemri_slices=32, kneemri_size=320, n_coils=15,
         ),
-        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+        # Bien et al.'s MRNet recipe (224 px, lr 1e-5) and 10 U-Net epochs
+        "params": dict(mrnet_epochs=10, mrnet_lr=1e-5, mrnet_input_size=224, chans=16, pools=3, unet_epochs=10),
     },
     "fastmri": {
         "synth": None,  # real data only: pass --data
-        "params": dict(accelerations=[4, 8], center_fractions=[0.08, 0.04]),
+        "params": dict(mrnet_epochs=10, mrnet_lr=1e-5, mrnet_input_size=224, chans=16, pools=3, unet_epochs=10),
     },
 }
 

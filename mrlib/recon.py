@@ -17,8 +17,9 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import h5py
 
@@ -29,8 +30,8 @@ from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc
 
 from .data import fastmri_h5
-from .errors import DataError
-from .masking import apply_masks, file_seed, make_masks
+from .errors import DataError, ParameterError
+from .masking import apply_masks, file_seed, make_masks, zero_filled
 
 EPS = 1e-11  # fastMRI's normalisation epsilon
 
@@ -38,13 +39,37 @@ EPS = 1e-11  # fastMRI's normalisation epsilon
 class UnetBatch(NamedTuple):
     """A batch of normalised U-Net pairs (the batched ``UnetSample``).
 
-    image, target: ``(B, h, w)``; mean, std: ``(B,)``, to undo the normalisation.
+    image, target: ``(B, h, w)``; mean, std: ``(B,)``, to undo the normalisation;
+    fname: each slice's file stem (``B`` strings) and slice_num: ``(B,)`` its slice
+    number, as fastMRI's samples carry them (``None`` for a batch made outside a bank).
     """
 
     image: torch.Tensor
     target: torch.Tensor | None
     mean: torch.Tensor
     std: torch.Tensor
+    fname: tuple[str, ...] | None = None
+    slice_num: torch.Tensor | None = None
+
+
+class Bank(Protocol):
+    """What the training loop and evaluation need of a split, in memory or streamed.
+
+    :class:`SliceBank` and :class:`StreamingBank` both satisfy it.
+    """
+
+    device: torch.device
+    files: list[str]  # each slice's file stem, N strings
+    slice_nums: np.ndarray  # (N,)
+    volumes: dict[str, list[int]]  # stem -> indices into the bank
+    max_value: dict[str, float]
+    crop: tuple[int, int]  # (h, w) of the targets
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch: ...
+
+    def kspace_of(self, idx: Sequence[int]) -> torch.Tensor: ...
 
 
 def normalize_pair(image: torch.Tensor, target: torch.Tensor | None) -> UnetBatch:
@@ -216,7 +241,7 @@ class SliceBank:
             kspace = kspace.pin_memory().to(self.device, non_blocking=True)
             target = target.pin_memory().to(self.device, non_blocking=True)
         masks = make_masks(mask_func, kspace.shape, seeds)
-        return masked_unet_inputs(kspace, masks, self.crop, target)
+        return _identified(masked_unet_inputs(kspace, masks, self.crop, target), self, idx)
 
     def kspace_of(self, idx: Sequence[int]) -> torch.Tensor:
         """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx``, on ``self.device``."""
@@ -224,8 +249,15 @@ class SliceBank:
         return self.kspace[idx].to(self.device)
 
 
+def _identified(batch: UnetBatch, bank: "Bank", idx) -> UnetBatch:
+    """``batch`` with each slice's file stem and slice number from ``bank``."""
+    idx = [int(i) for i in np.asarray(torch.as_tensor(idx).cpu()).reshape(-1)]
+    return batch._replace(fname=tuple(bank.files[i] for i in idx),
+                          slice_num=torch.as_tensor(np.asarray(bank.slice_nums)[idx]))
+
+
 def reconstruct(
-    model: torch.nn.Module, bank: SliceBank, stem: str, mask_func: MaskFunc, batch_size: int = 16
+    model: torch.nn.Module, bank: "Bank", stem: str, mask_func: MaskFunc, batch_size: int = 16
 ) -> tuple[np.ndarray, float]:
     """Reconstruct one volume with the fixed per-file mask fastMRI uses for validation.
 
@@ -252,10 +284,8 @@ def reconstruct(
     return recon.float().cpu().numpy(), time.perf_counter() - start
 
 
-def zero_filled_volume(bank: SliceBank, stem: str, mask_func: MaskFunc) -> np.ndarray:
+def zero_filled_volume(bank: "Bank", stem: str, mask_func: MaskFunc) -> np.ndarray:
     """The zero-filled baseline of one volume ``(S, h, w)``, with the same fixed mask."""
-    from .masking import zero_filled
-
     idx = bank.volumes[stem]
     kspace = bank.kspace_of(idx)
     masks = make_masks(mask_func, kspace.shape, [file_seed(f"{stem}.h5")] * len(idx))
@@ -443,13 +473,11 @@ class StreamingBank:
         kspace = self.kspace_of(idx)
         target = self.target[idx].to(self.device, non_blocking=True)
         masks = make_masks(mask_func, kspace.shape, seeds)
-        return masked_unet_inputs(kspace, masks, self.crop, target)
+        return _identified(masked_unet_inputs(kspace, masks, self.crop, target), self, idx)
 
     def iter_batches(self, order: Sequence[int], batch_size: int, mask_func: MaskFunc, seeds: Sequence):
         """Yield :meth:`batch` of consecutive pieces of ``order``; the next batch's slices
         are read in a background thread while the current one is used."""
-        from concurrent.futures import ThreadPoolExecutor
-
         order = [int(i) for i in order]
         seeds = list(seeds)
         pieces = [(order[i: i + batch_size], seeds[i: i + batch_size]) for i in range(0, len(order), batch_size)]
@@ -504,8 +532,6 @@ def plan_storage(nbytes: int, device: torch.device | str, storage: str = "auto",
     Returns:
         ``(storage, reason)``; the reason is a sentence for the log.
     """
-    from .errors import ParameterError
-
     if storage not in STORAGES:
         raise ParameterError("storage", f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
     device = torch.device(device)

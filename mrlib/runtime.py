@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
+import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .errors import ParameterError
 
@@ -48,7 +52,46 @@ HEADLESS_ENV = "MRLIB_HEADLESS"
 
 
 def progress_bar(iterable=None, progress: bool = True, **kwargs):
-    """A ``tqdm.auto`` bar, hidden when ``progress`` is False or in a headless papermill run."""
-    from tqdm.auto import tqdm
+    """A ``tqdm.auto`` bar, hidden when ``progress`` is False or the console is plain
+    (:func:`plain_console`: a headless papermill run, a log)."""
+    return tqdm(iterable, disable=not progress or plain_console(), **kwargs)
 
-    return tqdm(iterable, disable=not progress or os.environ.get(HEADLESS_ENV) == "1", **kwargs)
+
+def plain_console() -> bool:
+    """True where progress must be plain lines: inside the runner's headless kernels, or in
+    a command whose stderr is not a terminal (a log file, CI). A live notebook (Colab,
+    JupyterLab) keeps its bars."""
+    if os.environ.get(HEADLESS_ENV) == "1":
+        return True
+    return "ipykernel" not in sys.modules and not (sys.__stderr__ and sys.__stderr__.isatty())
+
+
+class Heartbeat:
+    """Plain progress lines for a log: at most one every ``every`` seconds, and the last.
+
+    Writes to the process's real stderr (``sys.__stderr__``): inside a papermill kernel
+    that is the runner's console, not the notebook, so the book stays clean while the
+    person running it sees the training advance.
+
+    Example line: ``[U-Net oracle] epoch 3/10: train_loss 0.0123, val_mse 0.0101; 42 s left``.
+    """
+
+    def __init__(self, desc: str, total: int, every: float = 10.0, start: int = 0, stream=None):
+        self.desc, self.total, self.every = desc, int(total), float(every)
+        self.stream = stream or sys.__stderr__
+        self.t0 = time.perf_counter()
+        self.start = int(start)
+        self.last = -math.inf
+
+    def update(self, done: int, **values: float) -> bool:
+        """Report that ``done`` of ``total`` steps are finished; return whether a line was written."""
+        now = time.perf_counter()
+        if now - self.last < self.every and done < self.total:
+            return False
+        self.last = now
+        rate = (now - self.t0) / max(done - self.start, 1)
+        left = rate * (self.total - done)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        self.stream.write(f"[{self.desc}] epoch {done}/{self.total}: {shown}; {left:.0f} s left\n")
+        self.stream.flush()
+        return True

@@ -10,7 +10,9 @@ from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
 from matplotlib.patches import Rectangle
+from sklearn.metrics import roc_curve
 
 Box = tuple  # (x, y, width, height, label) in image coordinates
 
@@ -116,8 +118,6 @@ def viewer(
         static: the settings to draw when not interactive.
         sliders: for each argument of ``render``, the sequence of values it may take.
     """
-    from IPython.display import display
-
     if not interactive:
         for values in static:
             fig = render(**values)
@@ -125,7 +125,7 @@ def viewer(
             plt.close(fig)
         return
 
-    import ipywidgets as widgets
+    import ipywidgets as widgets  # lazy: only a live notebook draws widgets
 
     controls = {
         name: widgets.SelectionSlider(options=list(options), description=name, continuous_update=False)
@@ -162,8 +162,6 @@ def curves(history: Sequence[dict], panels: dict[str, Sequence[str]], title: str
 
 def roc_figure(labels: np.ndarray, scores: np.ndarray, auc: float, ci: Sequence[float], title: str = "") -> plt.Figure:
     """ROC curve with its AUC and interval in the legend."""
-    from sklearn.metrics import roc_curve
-
     fpr, tpr, _ = roc_curve(np.asarray(labels).astype(int), scores)
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.plot(fpr, tpr, color="#0a84ff", lw=2, label=f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})")

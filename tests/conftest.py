@@ -1,67 +1,98 @@
-"""Shared scaffolding for the tests that run whole chains through the command line."""
+"""Shared fixtures: small synthetic data, and the smoke runs the chain tests share.
+
+The chain runs go through the command line exactly as a user runs them; each run writes
+only into its own run directory (its executed notebooks and its book included), so no
+test touches the checkout and none needs to move the project root.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from mrlib.rundir import NOTEBOOKS, RunDir
+
 PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
 
 #: The smoke chain, shrunk further, for the tests that run it more than once.
 SHRUNK = ["variants=['unweighted','gradcam']", "methods=['gradcam']", "mrnet_epochs=2", "unet_epochs=2"]
 
-#: ``python -m mrlib`` with the project root moved to a scratch folder (links back to the
-#: notebooks and book config), so the executed notebooks and run_info.md of these runs do
-#: not land in the checkout's book/, which the end-to-end test builds.
-CLI = textwrap.dedent(
-    r'''
-    import sys
-    from pathlib import Path
-    import mrlib.pipeline as pl
 
-    REPO, root = Path(pl.__file__).resolve().parent.parent, Path(sys.argv[1])
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("notebooks", "_toc.yml", "_config.yml"):
-        if not (root / name).exists():
-            (root / name).symlink_to(REPO / name)
-    pl.project_root = lambda: root
-    from mrlib.__main__ import main
-
-    sys.exit(main(sys.argv[2:]))
-    '''
-)
-
-
-def scratch_cli(scratch: Path, *args: str, background: bool = False, timeout: int = 600):
-    """Run ``python -m mrlib ARGS`` rooted in ``scratch``; a Popen if ``background``."""
-    script = scratch / "cli.py"
-    if not script.exists():
-        scratch.mkdir(parents=True, exist_ok=True)
-        script.write_text(CLI)
-    cmd = [PY, str(script), str(scratch / "root"), *args]
+def cli(*args: str, cwd: Path | None = None, background: bool = False, timeout: int = 900, env=None):
+    """``python -m mrlib ARGS`` in a subprocess (stdout not a terminal: the plain console)."""
+    cmd = [PY, "-m", "mrlib", *args]
+    env = {**os.environ, **(env or {})}
     if background:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
-def shrunk_run_args(run_dir: Path, *extra: str) -> list[str]:
+def shrunk_run_args(run_dir: Path, *extra: str, command: str = "run") -> list[str]:
     """``run`` arguments of the shrunk smoke chain into ``run_dir``."""
-    return ["run", "--preset", "smoke", "--run-dir", str(run_dir), "--quiet",
+    return [command, "--preset", "smoke", "--run-dir", str(run_dir), "--quiet",
             *[a for p in SHRUNK for a in ("-p", p)], *extra]
+
+
+def finished(run_dir: Path) -> bool:
+    stamp = RunDir(run_dir).stamp
+    return stamp.is_file() and set(json.loads(stamp.read_text()).get("finished", [])) == set(NOTEBOOKS)
+
+
+class SmokeRun:
+    """A finished run and what its command printed (stdout and stderr, interleaved)."""
+
+    def __init__(self, run_dir: Path, log: str):
+        self.path = run_dir
+        self.rd = RunDir(run_dir)
+        self.log = log
+
+
+@pytest.fixture(scope="session")
+def smoke_pair(tmp_path_factory) -> tuple[SmokeRun, SmokeRun]:
+    """Two ``mrlib book --preset smoke`` runs started at the same time into two run
+    directories: the full smoke chain with its book, made once per session and shared."""
+    base = tmp_path_factory.getbasetemp() / "smoke_pair"
+    base.mkdir(exist_ok=True)
+    procs = {name: cli("book", "--preset", "smoke", "--run-dir", str(base / name), background=True)
+             for name in ("a", "b")}
+    logs = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=1800)
+        logs[name] = out
+        assert proc.returncode == 0, out[-6000:]
+        (base / f"{name}.log").write_text(out)
+    return SmokeRun(base / "a", logs["a"]), SmokeRun(base / "b", logs["b"])
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_pair) -> SmokeRun:
+    """The shared finished smoke run (with its book)."""
+    return smoke_pair[0]
 
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
     """The uninterrupted shrunk smoke run, made once per session and shared."""
-    base = tmp_path_factory.getbasetemp() / "shrunk_reference"
-    run_dir = base / "run"
-    stamp = run_dir / "run.json"
-    if not (stamp.is_file() and len(json.loads(stamp.read_text()).get("finished", [])) == 6):
-        proc = scratch_cli(base, *shrunk_run_args(run_dir))
+    run_dir = tmp_path_factory.getbasetemp() / "shrunk_reference" / "run"
+    if not finished(run_dir):
+        proc = cli(*shrunk_run_args(run_dir))
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """The smoke preset's synthetic cohorts (single-coil), generated once."""
+    from mrlib.data.synth import SynthConfig, generate
+    from mrlib.presets import get_preset
+
+    data = tmp_path_factory.getbasetemp() / "synth_smoke"
+    if not (data / "synth.json").is_file():
+        generate(data, SynthConfig(**get_preset("smoke")["synth"]), seed=0, progress=False)
+    return data

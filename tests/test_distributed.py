@@ -13,7 +13,10 @@ from mrlib.errors import ParameterError
 from mrlib.masking import MaskSpec
 from mrlib.models import build_unet
 from mrlib.recon import SliceBank
-from mrlib.train import load_checkpoint, train_unet
+from mrlib.rundir import CheckpointDir, RunDir
+from mrlib.train import load_checkpoint
+from mrlib.unet import train_unet
+from mrlib.variants import Unweighted
 
 SPEC = MaskSpec("random", (4,), (0.08,))
 
@@ -22,7 +25,7 @@ SPEC = MaskSpec("random", (4,), (0.08,))
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     cfg = synth.SynthConfig(image_size=32, n_slices=3, n_train=3, n_val=1, n_test=0,
-                            kneemri_exams=0, kneemri_slices=2, kneemri_size=32)
+                            kneemri_exams=2, kneemri_slices=2, kneemri_size=32)  # check-data refuses 0 exams
     synth.generate(root, cfg, seed=5, progress=False)
     return root
 
@@ -37,7 +40,7 @@ def _train(data, out, epochs, dist=None, shards=None, resume=True):
     torch.manual_seed(0)
     model = build_unet("unet", chans=4, num_pool_layers=2)
     train, val = _banks(data)
-    return train_unet(model, train, val, SPEC, "unweighted", out, epochs=epochs, batch_size=2,
+    return train_unet(model, train, val, SPEC, Unweighted(), out, epochs=epochs, batch_size=2,
                       seed=1, resume=resume, config={"test": 1}, progress=False, dist=dist, shards=shards)
 
 
@@ -67,17 +70,18 @@ def test_ddp_two_processes_equal_one_process_on_combined_batch(data, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), data, tmp_path), nprocs=2, join=True)
     ref = _train(data, tmp_path / "single", 2, shards=2)
     for run in ("straight", "resumed"):
-        ckpt = load_checkpoint(tmp_path / run / "last.pt")
+        ckpt = load_checkpoint(CheckpointDir(tmp_path / run).last)
         hist = ckpt["history"]
         assert [h["epoch"] for h in hist] == [1, 2]
         for got, want in zip(hist, ref):
             for key in ("train_loss", "val_loss", "val_mse"):
                 assert got[key] == pytest.approx(want[key], rel=1e-4), (run, key)
-        single = load_checkpoint(tmp_path / "single" / "last.pt")["model"]
+        single = load_checkpoint(CheckpointDir(tmp_path / "single").last)["model"]
         for name, w in single.items():
             torch.testing.assert_close(ckpt["model"][name], w, rtol=1e-4, atol=1e-5)
     # rank 0 alone wrote: one set of files, no stray temporaries
-    assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == ["best.pt", "history.json", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "straight").iterdir()) == sorted(
+        [CheckpointDir.BEST, CheckpointDir.HISTORY, CheckpointDir.LAST])
 
 
 def test_volume_batches_shard_whole_volumes_with_equal_steps():
@@ -96,6 +100,10 @@ def test_volume_batches_shard_whole_volumes_with_equal_steps():
     # every slice is seen in an epoch; another epoch deals differently but deterministically
     assert {i for p in steps for idx, _ in p for i in idx} == set(range(13))
     assert volume_batches(volumes, 2, 2, 0, 1) == volume_batches(volumes, 2, 2, 0, 1)
+    for epoch in (1, 2, 3):
+        assert volume_batches(volumes, 2, 2, 0, epoch) != steps, epoch
+        assert {i for p in volume_batches(volumes, 2, 2, 0, epoch) for idx, _ in p for i in idx} == set(range(13))
+    assert volume_batches(volumes, 2, 2, 1, 0) != steps  # and another seed too
     assert [len(r) for r in shard_range_all(10, 3)] == [4, 4, 2]
 
 
@@ -120,12 +128,23 @@ def test_single_process_context_is_inert():
 def test_train_command_on_a_data_dir_and_resume(data, tmp_path, capsys):
     from mrlib.__main__ import main
 
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--chans", "4", "--pools", "2",
-            "--batch-size", "3", "--device", "cpu", "--quiet", "--accelerations", "4", "--center-fractions", "0.08"]
-    assert main(args + ["--epochs", "1"]) == 0
+    run = RunDir(tmp_path / "run")
+    args = ["train", "--run-dir", str(run.root), "--data", str(data), "--chans", "4", "--pools", "2",
+            "--unet-batch-size", "3", "--device", "cpu", "--quiet", "--accelerations", "4",
+            "--center-fractions", "0.08"]
+    assert main(args + ["--unet-epochs", "1"]) == 0
     assert "trained unweighted (seed 0) on 1 process(es)" in capsys.readouterr().out
-    assert main(args + ["--epochs", "2"]) == 0  # continues from last.pt
-    hist = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    # with --data the run directory got what chapters 1 and 2 would have written
+    assert run.read_manifest()["data_dir"] == str(data.resolve())
+    assert run.read_mask_spec() == MaskSpec("random", (4,), (0.08,))
+    assert main(args + ["--unet-epochs", "2"]) == 0  # continues from the last checkpoint
+    ckpts = run.unet_run("unweighted", 0)
+    hist = load_checkpoint(ckpts.last)["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
-    assert main(["train", "--data", str(data), "--variant", "gradcam", "--out", str(tmp_path / "g")]) == 2
+    assert [r["variant"] for r in run.read_registry()] == ["unweighted"]  # registered once, not twice
+    assert run.read_registry()[0]["chans"] == 4
+    g = tmp_path / "g"
+    assert main(["train", "--run-dir", str(g), "--data", str(data), "--variant", "gradcam", "--device", "cpu",
+                 "--quiet"]) == 2
     assert "needs the heatmaps" in capsys.readouterr().err
+    assert not RunDir(g).registry.exists()

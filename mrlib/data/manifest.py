@@ -1,8 +1,9 @@
 """The run manifest: what notebook 01 found in the data directory, for every later step.
 
-``RUN/manifest.json`` lists the fastMRI splits (files, slices, shapes, acquisitions), the
+The manifest lists the fastMRI splits (files, slices, shapes, acquisitions), the
 annotation and kneeMRI locations with their counts, and the checks that passed. Later
-notebooks read the data through it instead of searching the directory again.
+notebooks read the data through it instead of searching the directory again. The run
+directory (:class:`mrlib.rundir.RunDir`) writes and reads it, storing its paths relative.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import read_json, write_json
 from ..errors import DataError
 from .check import check_data_dir
 from .fastmri_h5 import find_splits, validate_h5
-
-MANIFEST = "manifest.json"
-
 
 def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bool = True) -> dict[str, Any]:
     """Validate ``data_dir`` and describe it.
@@ -69,16 +66,6 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
         "checks": {"ok": True, "deep": deep, "problems": []},
         "synthetic": json.loads(synth.read_text()) if synth.is_file() else None,
     }
-
-
-def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write ``RUN/manifest.json`` atomically."""
-    return write_json(Path(run_dir) / MANIFEST, manifest)
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``RUN/manifest.json`` (written by notebook 01)."""
-    return read_json(Path(run_dir) / MANIFEST)
 
 
 def file_index(manifest: dict[str, Any]) -> dict[str, Path]:

@@ -29,9 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import fastmri
 import numpy as np
+import torch
+from fastmri.data.transforms import complex_center_crop, tensor_to_complex_np, to_tensor
 
+from ..artifacts import write_json
 from ..errors import ParameterError
+from ..runtime import progress_bar
 from . import writers
 from .annotations import flip_y
 
@@ -617,10 +622,6 @@ def _centre_crop_slices(n_total, n):
 
 def _ifft_crop(kspace: np.ndarray, n: int) -> np.ndarray:
     """abs(centre crop(ifft2c(kspace))) (RSS over coils for 4D), float32, via fastmri."""
-    import fastmri
-    import torch
-    from fastmri.data.transforms import complex_center_crop, to_tensor
-
     with torch.no_grad():
         image = fastmri.ifft2c(to_tensor(kspace))
         image = fastmri.complex_abs(complex_center_crop(image, (n, n)))
@@ -630,10 +631,6 @@ def _ifft_crop(kspace: np.ndarray, n: int) -> np.ndarray:
 
 
 def _fft2c(image: np.ndarray) -> np.ndarray:
-    import fastmri
-    import torch
-    from fastmri.data.transforms import tensor_to_complex_np, to_tensor
-
     with torch.no_grad():
         return tensor_to_complex_np(fastmri.fft2c(to_tensor(image))).astype(np.complex64)
 
@@ -801,8 +798,6 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     ``annotations/knee.csv``, ``kneemri/*.pck`` + ``kneemri/metadata.csv``, ``synth.json``.
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
-    from ..runtime import progress_bar
-
     if not isinstance(cfg, SynthConfig):
         raise ParameterError("cfg", f"must be a SynthConfig, got {type(cfg).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -845,8 +840,6 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
         kneemri_labels={str(k): v for k, v in diag_counts.items()},
         seconds=round(time.perf_counter() - t0, 2),
     )
-    from ..artifacts import write_json
-
     write_json(out / "synth.json", dict(config=asdict(cfg), seed=int(seed), multicoil=bool(multicoil),
                                         **summary))
     return summary

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from ..artifacts import atomic_path
@@ -120,8 +121,6 @@ def write_fastmri_h5(path, kspace: np.ndarray, target: np.ndarray, attrs: Mappin
     kspace: complex (slices, 2N, PE) or, multi-coil, (slices, coils, 2N, PE);
     target: float (slices, N, N). ``attrs`` must hold acquisition, max, norm, patient_id.
     """
-    import h5py
-
     path = Path(path)
     kspace = np.asarray(kspace)
     target = np.asarray(target)

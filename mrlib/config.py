@@ -1,0 +1,104 @@
+"""One configuration per trained model: every field, its one default and its help.
+
+:class:`UnetConfig` is one U-Net run of chapter 5 (one loss variant, one seed);
+:class:`ClassifierConfig` is the classifier of chapter 3. Their defaults are the
+``smoke`` preset's values, so a notebook opened alone runs a coherent configuration;
+presets (:mod:`mrlib.presets`) override fields by name, the notebooks' ``parameters``
+cells declare the same names, and ``python -m mrlib train`` generates its options from
+the fields of :class:`UnetConfig`. A name means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ParameterError
+
+
+def _f(default: Any, help: str, identity: bool = True):
+    """A field with its help text; ``identity=False`` for how a run is executed (device,
+    storage), which does not change what it computes and is left out of its config."""
+    return field(default=default, metadata={"help": help, "identity": identity})
+
+
+class _Config:
+    """Shared behaviour of the configuration dataclasses."""
+
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any):
+        """Build from a mapping that may hold other names too (a notebook's globals)."""
+        values = {name: params[name] for name in cls.field_names() if name in params}
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            want = type(f.default)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                object.__setattr__(self, f.name, value)
+            if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
+                raise ParameterError(f.name, f"expected {want.__name__} like the default {f.default!r}, got {value!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is computed (recorded in checkpoints and configs)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity", True)}
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class UnetConfig(_Config):
+    """One U-Net run of chapter 5's ablation."""
+
+    variant: str = _f("unweighted", "loss variant, by name or key, e.g. oracle or oracle[alpha=50] "
+                                    "(python -m mrlib variants lists them)")
+    seed: int = _f(0, "seed of the initial weights, the slice order and the training masks")
+    model: str = _f("unet", "unet (fastMRI's U-Net) or seed (the report's Figure 3 U-Net)")
+    chans: int = _f(8, "fastMRI U-Net: channels of the first level")
+    pools: int = _f(2, "fastMRI U-Net: pooling levels")
+    unet_epochs: int = _f(2, "training epochs (the report trained 10)")
+    unet_lr: float = _f(1e-3, "learning rate")
+    optimizer: str = _f("adam", "adam or rmsprop (fastMRI's baseline)")
+    lr_step: int = _f(0, "divide the learning rate by 10 every lr_step epochs; 0 never")
+    unet_batch_size: int = _f(8, "slices per training step (per process under torchrun)")
+    weight_rule: str = _f("linear", "heatmap to weight for the gradcam variant: linear or threshold")
+    alpha: float = _f(4.0, "up-weighting strength of the weighted variants")
+    threshold: float = _f(0.5, "heatmap threshold of the threshold rule")
+    cam_method: str = _f("gradcam", "which chapter-4 map weights the gradcam variant")
+    device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, mps", identity=False)
+    storage: str = _f("auto", "where the k-space lives: auto, device, host (pinned) or stream", identity=False)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(_Config):
+    """The injury classifier of chapter 3 (MRNet), whose Grad-CAM maps are the ROIs."""
+
+    source: str = _f("kneemri", "classifier data: kneemri, or mrnet for MRNet-v1.0 under the data directory")
+    task: str = _f("acl", "kneemri: acl (any tear) or acl_complete; mrnet: abnormal, acl or meniscus")
+    plane: str = _f("sagittal", "MRNet-v1.0 plane (kneeMRI is sagittal only)")
+    mrnet_epochs: int = _f(2, "training epochs")
+    mrnet_lr: float = _f(1e-4, "Adam learning rate (Bien et al. 2018 fine-tune ImageNet weights at 1e-5; "
+                               "from scratch on a CPU 1e-4)")
+    mrnet_weight_decay: float = _f(0.01, "Adam weight decay (Bien et al. 2018)")
+    mrnet_input_size: int = _f(64, "input size; Bien et al. crop to 224, CPU presets use less")
+    pretrained: bool = _f(False, "start from torchvision's ImageNet AlexNet weights (needs the internet)")
+    decision_threshold: float = _f(0.5, "probability above which an exam is called positive")
+    seed: int = _f(0, "seed of the splits, the initial weights and the exam order")
+    device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, mps", identity=False)
+
+
+#: The trained models' configurations, by the notebook that trains them.
+MODEL_CONFIGS = {"03_mrnet": ClassifierConfig, "05_weighted_unet": UnetConfig}

@@ -1,0 +1,95 @@
+"""The book's tables and computed sentences, read from the statistical summary.
+
+Every sentence that states a result is produced here from ``summary.json``
+(:func:`mrlib.stats.summarize`), so the book's words change with the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metrics import ZERO_FILLED
+from .stats import FEW_VOLUMES
+from .variants import REGISTRY
+
+_DIGITS = {"nmse": 4, "psnr": 2, "ssim": 4, "roi_nmse": 4, "roi_psnr": 2, "roi_ssim": 4}
+
+
+def _fmt(v: float | None, digits: int, sign: bool = False) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def _interval(mean, low, high, digits, sign=False) -> str:
+    if low is None or high is None:
+        return f"{_fmt(mean, digits, sign)} [n/a]"
+    return f"{_fmt(mean, digits, sign)} [{_fmt(low, digits, sign)}, {_fmt(high, digits, sign)}]"
+
+
+def ablation_table(summary: Mapping[str, Any], metrics: Sequence[str] = ("psnr", "ssim", "roi_psnr", "roi_ssim")) -> pd.DataFrame:
+    """The ablation as a table of strings, one row per variant x acceleration.
+
+    Columns: ``variant``, ``acceleration``, ``volumes``, ``seeds``, then per metric
+    ``"mean [low, high]"`` and ``"Δ metric vs <reference>"``: the paired mean difference
+    with its interval and the Wilcoxon p (``"reference"`` on the reference's own rows).
+    Metrics absent from the summary (ROI metrics with no annotated lesion) are skipped.
+    """
+    metrics = [m for m in metrics if m in summary["metrics"]]
+    ref = summary["reference"]
+    comps = {(c["variant"], c["acceleration"], c["metric"]): c for c in summary["comparisons"]}
+    rows = []
+    for g in summary["groups"]:
+        row = {"variant": g["variant"], "acceleration": f"{g['acceleration']}x",
+               "volumes": g["n_volumes"], "seeds": g["n_seeds"]}
+        for m in metrics:
+            row[m] = _interval(g[m]["mean"], g[m]["low"], g[m]["high"], _DIGITS[m])
+        for m in metrics:
+            c = comps.get((g["variant"], g["acceleration"], m))
+            key = f"Δ {m} vs {ref}"
+            if g["variant"] == ref:
+                row[key] = "reference"
+            elif c is None:
+                row[key] = "n/a"
+            else:
+                row[key] = (_interval(c["mean_diff"], c["low"], c["high"], _DIGITS[m], sign=True)
+                            + f", p={_fmt(c['p_wilcoxon'], 3)}")
+        rows.append(row)
+    order = {v: i for i, v in enumerate((ZERO_FILLED, ref, *REGISTRY))}
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(["acceleration", "variant"], key=lambda s: s.map(
+            lambda v: order.get(v, len(order)) if s.name == "variant" else int(str(v).rstrip("x"))), kind="stable")
+    return table.reset_index(drop=True)
+
+
+def comparison_sentences(summary: Mapping[str, Any], metrics: Sequence[str] | None = None,
+                         include_zero_filled: bool = False) -> list[str]:
+    """One plain sentence per comparison: does the interval of the difference exclude 0?"""
+    metrics = [m for m in (metrics or summary["metrics"]) if m in summary["metrics"]]
+    out = []
+    for c in summary["comparisons"]:
+        if c["metric"] not in metrics or (c["variant"] == ZERO_FILLED and not include_zero_filled):
+            continue
+        name = c["metric"].upper().replace("ROI_", "ROI ")
+        digits = _DIGITS[c["metric"]]
+        diff = _interval(c["mean_diff"], c["low"], c["high"], digits, sign=True)
+        head = f"{c['variant']} vs {c['reference']} at {c['acceleration']}x, {name}: difference {diff} over {c['n_volumes']} volume(s)"
+        if "all differences are zero" in c["note"]:
+            verdict = ("identical to the reference on every volume (did the training change anything? "
+                       "an all-zero heatmap, for one, weights every pixel 1)")
+        elif c["low"] is None or c["high"] is None:
+            verdict = "no interval (too few volumes), so no conclusion"
+        elif c["excludes_zero"]:
+            good = (c["mean_diff"] > 0) == (c["better"] == "higher")
+            where = (f"on these {c['n_volumes']} test volumes, weak evidence with so few"
+                     if c["n_volumes"] < FEW_VOLUMES else "on this test split")
+            verdict = f"the interval excludes 0: {c['variant']} is {'better' if good else 'worse'} {where}"
+        else:
+            verdict = "the interval includes 0: no evidence of a difference"
+        p = f"Wilcoxon p = {_fmt(c['p_wilcoxon'], 3)}" + (f"; {c['note']}" if c["note"] else "")
+        out.append(f"{head}; {verdict} ({p}).")
+    return out

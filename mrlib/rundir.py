@@ -1,0 +1,349 @@
+"""The run directory: the one owner of every path and artifact of a run.
+
+A run directory holds what the six chapters write, and nothing else in mrlib spells one
+of its file names. Its layout::
+
+    RUN/run.json                      the stamp: preset, parameters, notebooks finished
+    RUN/data/                         the synthetic cohorts, when no --data is given
+    RUN/manifest.json                 chapter 1: splits, shapes, checks (paths relative)
+    RUN/masking.json                  chapter 2: the masking spec
+    RUN/mrnet/{best,last}.pt, history.json, metrics.json, splits.json, predictions.csv
+                                      chapter 3: the classifier
+    RUN/gradcam/heatmaps.h5, localization.csv, localization_kneemri.csv
+                                      chapter 4: the CAMs and how well they localise
+    RUN/unet/runs.json                chapter 5: the run registry (merged under a lock)
+    RUN/unet/<variant key>/seed<N>/{best,last}.pt, history.json, config.json
+    RUN/evaluation/metrics.csv, summary.json
+                                      chapter 6: metrics per volume, the summary
+    RUN/book/                         the run's own book: _config.yml, _toc.yml, the pages
+                                      (book/*.md), the executed notebooks (book/notebooks/),
+                                      the run's record (book/generated/) and _build/html
+
+Every write is atomic (a temporary name, then a rename). Paths stored inside artifacts
+are relative to the run directory or to the data directory, so a copied or moved run
+directory still reads, compares and builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+
+from .artifacts import read_json, write_json, write_text
+from .errors import DataError, ParameterError
+from .masking import MaskSpec
+
+
+class CheckpointDir:
+    """The files of one trained model: checkpoints, history and config.
+
+    Used by :func:`mrlib.train.fit` for the classifier and for every U-Net run.
+    """
+
+    LAST = "last.pt"
+    BEST = "best.pt"
+    HISTORY = "history.json"
+    CONFIG = "config.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"CheckpointDir({str(self.path)!r})"
+
+    @property
+    def last(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / self.BEST
+
+    @property
+    def history(self) -> Path:
+        return self.path / self.HISTORY
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    def read_history(self) -> list[dict[str, Any]]:
+        history = read_json(self.history)
+        if not history:
+            raise DataError(self.history, "empty training history")
+        return history
+
+    def write_history(self, history: list[dict[str, Any]]) -> Path:
+        return write_json(self.history, history)
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        return write_json(self.config, dict(config))
+
+
+#: The chapters' notebooks, in the order they run. Each reads only what earlier ones wrote.
+NOTEBOOKS = ("01_data", "02_masking", "03_mrnet", "04_gradcam", "05_weighted_unet", "06_evaluation")
+
+
+class RunDir:
+    """Every path of one run directory, and atomic reads and writes of its artifacts."""
+
+    STAMP = "run.json"
+    DATA = "data"
+    MANIFEST = "manifest.json"
+    MASKING = "masking.json"
+    CLASSIFIER = "mrnet"
+    CLASSIFIER_METRICS = "metrics.json"
+    CLASSIFIER_SPLITS = "splits.json"
+    CLASSIFIER_PREDICTIONS = "predictions.csv"
+    GRADCAM = "gradcam"
+    HEATMAPS = "heatmaps.h5"
+    LOCALIZATION = "localization.csv"
+    LOCALIZATION_IN_DOMAIN = "localization_kneemri.csv"
+    UNET = "unet"
+    REGISTRY = "runs.json"
+    EVALUATION = "evaluation"
+    METRICS = "metrics.csv"
+    SUMMARY = "summary.json"
+    BOOK = "book"
+    RUN_INFO = "run_info.md"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    # ------------------------------------------------------------------ the stamp
+    @property
+    def stamp(self) -> Path:
+        return self.root / self.STAMP
+
+    def read_stamp(self) -> dict[str, Any]:
+        return read_json(self.stamp)
+
+    def write_stamp(self, stamp: Mapping[str, Any]) -> Path:
+        return write_json(self.stamp, dict(stamp))
+
+    def result_files(self) -> set[str]:
+        """Every JSON and CSV result, relative to the run: what ``mrlib compare`` compares.
+
+        The stamp (it holds the notebooks finished so far) and the book (executed
+        notebooks, built pages) are not results; hidden files are temporaries.
+        """
+        found = set()
+        for pattern in ("*.json", "*.csv"):
+            for p in self.root.rglob(pattern):
+                rel = p.relative_to(self.root)
+                if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+                    continue
+                if rel.as_posix() == self.STAMP or rel.parts[0] == self.BOOK:
+                    continue
+                found.add(rel.as_posix())
+        return found
+
+    # ------------------------------------------------------------------ chapter 1
+    @property
+    def default_data(self) -> Path:
+        """Where chapter 1 generates the synthetic cohorts when no data directory is given."""
+        return self.root / self.DATA
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / self.MANIFEST
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
+        """Write the manifest with its paths made relative: ``data_dir`` to the run
+        directory when the data lie inside it, split directories and data files to
+        ``data_dir``."""
+        m = dict(manifest)
+        data = Path(m["data_dir"]).resolve()
+        m["data_dir"] = _relative(data, self.root.resolve())
+        m["splits"] = {s: {**v, "dir": _relative(Path(v["dir"]).resolve(), data)} for s, v in m["splits"].items()}
+        for key in ("annotations", "kneemri"):
+            if m.get(key):
+                m[key] = _relative(Path(m[key]).resolve(), data)
+        return write_json(self.manifest_path, m)
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest of chapter 1, with every path resolved against this run directory."""
+        if not self.manifest_path.is_file():
+            raise DataError(self.manifest_path, "missing; notebook 01_data writes it (run it first)")
+        m = read_json(self.manifest_path)
+        data = (self.root / m["data_dir"]).resolve()
+        m["data_dir"] = str(data)
+        m["splits"] = {s: {**v, "dir": str(data / v["dir"])} for s, v in m["splits"].items()}
+        for key in ("annotations", "kneemri"):
+            if m.get(key):
+                m[key] = str(data / m[key])
+        return m
+
+    def split_paths(self, split: str, manifest: Mapping[str, Any] | None = None) -> list[Path]:
+        """The HDF5 files of one split of the manifest."""
+        manifest = manifest or self.read_manifest()
+        entry = manifest["splits"].get(split)
+        if not entry or not entry.get("files"):
+            raise DataError(self.manifest_path, f"has no {split} split")
+        return [Path(entry["dir"]) / f["name"] for f in entry["files"]]
+
+    # ------------------------------------------------------------------ chapter 2
+    @property
+    def masking_path(self) -> Path:
+        return self.root / self.MASKING
+
+    def write_mask_spec(self, spec: MaskSpec, seed: int) -> Path:
+        return write_json(self.masking_path, {**spec.to_dict(), "seed": int(seed)})
+
+    def read_mask_spec(self) -> MaskSpec:
+        if not self.masking_path.is_file():
+            raise DataError(self.masking_path, "missing; notebook 02_masking writes it (run it first)")
+        return MaskSpec.from_dict(read_json(self.masking_path))
+
+    # ------------------------------------------------------------------ chapter 3
+    @property
+    def classifier(self) -> CheckpointDir:
+        return CheckpointDir(self.root / self.CLASSIFIER)
+
+    @property
+    def classifier_metrics(self) -> Path:
+        return self.classifier.path / self.CLASSIFIER_METRICS
+
+    @property
+    def classifier_splits(self) -> Path:
+        return self.classifier.path / self.CLASSIFIER_SPLITS
+
+    @property
+    def classifier_predictions(self) -> Path:
+        return self.classifier.path / self.CLASSIFIER_PREDICTIONS
+
+    def write_classifier_results(self, metrics: Mapping, splits: Mapping, predictions_csv: str) -> None:
+        write_json(self.classifier_metrics, dict(metrics))
+        write_json(self.classifier_splits, dict(splits))
+        write_text(self.classifier_predictions, predictions_csv)
+
+    def read_classifier_metrics(self) -> dict[str, Any]:
+        if not self.classifier_metrics.is_file():
+            raise DataError(self.classifier_metrics, "missing; notebook 03_mrnet writes it (run it first)")
+        return read_json(self.classifier_metrics)
+
+    def read_classifier_splits(self) -> dict[str, list[str]]:
+        return read_json(self.classifier_splits)
+
+    # ------------------------------------------------------------------ chapter 4
+    @property
+    def heatmaps(self) -> Path:
+        return self.root / self.GRADCAM / self.HEATMAPS
+
+    def localization(self, in_domain: bool = False) -> Path:
+        return self.root / self.GRADCAM / (self.LOCALIZATION_IN_DOMAIN if in_domain else self.LOCALIZATION)
+
+    def write_localization(self, table, in_domain: bool = False) -> Path:
+        return write_text(self.localization(in_domain), table.to_csv(index=False))
+
+    # ------------------------------------------------------------------ chapter 5
+    @property
+    def registry(self) -> Path:
+        return self.root / self.UNET / self.REGISTRY
+
+    def unet_run(self, key: str, seed: int) -> CheckpointDir:
+        """The checkpoint directory of one trained U-Net: ``unet/<variant key>/seed<N>``."""
+        key = str(key)
+        if not key or "/" in key or key in (".", ".."):
+            raise ParameterError("variant", f"{key!r} cannot name a run directory")
+        return CheckpointDir(self.root / self.UNET / key / f"seed{int(seed)}")
+
+    @contextlib.contextmanager
+    def _registry_lock(self) -> Iterator[None]:
+        lock = self.registry.parent / f".{self.REGISTRY}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def read_registry(self) -> list[dict[str, Any]]:
+        """The trained runs, in the order they were first registered (``[]`` if none)."""
+        if not self.registry.is_file():
+            return []
+        runs = read_json(self.registry)
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and "variant" in r and "seed" in r for r in runs):
+            raise DataError(self.registry, "expected a list of run configs, each with 'variant' and 'seed'")
+        return runs
+
+    def register_run(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Merge one run's config into the registry under a file lock; return the registry.
+
+        A run is identified by ``(variant, seed)``: registering it again replaces its
+        entry in place; other runs are kept. Call it from rank 0 only.
+        """
+        config = dict(config)
+        ident = (str(config["variant"]), int(config["seed"]))
+        with self._registry_lock():
+            runs = self.read_registry()
+            for i, r in enumerate(runs):
+                if (str(r["variant"]), int(r["seed"])) == ident:
+                    runs[i] = config
+                    break
+            else:
+                runs.append(config)
+            write_json(self.registry, runs)
+        return runs
+
+    # ------------------------------------------------------------------ chapter 6
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / self.EVALUATION / self.METRICS
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / self.EVALUATION / self.SUMMARY
+
+    def write_evaluation(self, df, summary: Mapping[str, Any]) -> tuple[Path, Path]:
+        return write_text(self.metrics_csv, df.to_csv(index=False)), write_json(self.summary_json, dict(summary))
+
+    def read_evaluation(self):
+        """``(metrics DataFrame, summary dict)`` as chapter 6 wrote them."""
+        if not self.metrics_csv.is_file():
+            raise DataError(self.metrics_csv, "missing; notebook 06_evaluation writes it")
+        return pd.read_csv(self.metrics_csv), read_json(self.summary_json)
+
+    # ------------------------------------------------------------------ the run's book
+    @property
+    def book(self) -> Path:
+        """The run's own Jupyter Book source: pages, executed notebooks, config, toc."""
+        return self.root / self.BOOK
+
+    def executed(self, notebook: str) -> Path:
+        """Where the runner writes the executed copy of ``notebook`` (a name of :data:`NOTEBOOKS`)."""
+        return self.book / "book" / "notebooks" / f"{notebook}.ipynb"
+
+    @property
+    def run_info(self) -> Path:
+        """The page included by the book's introduction: what produced this edition."""
+        return self.book / "book" / "generated" / self.RUN_INFO
+
+    @property
+    def book_html(self) -> Path:
+        return self.book / "_build" / "html" / "index.html"
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when it lies below it, else the absolute path."""
+    try:
+        return path.relative_to(base).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
+def as_run_dir(run_dir: "str | os.PathLike | RunDir") -> RunDir:
+    """A :class:`RunDir` from a path or a RunDir."""
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)

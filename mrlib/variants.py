@@ -1,0 +1,252 @@
+"""The loss variants of chapter 5's ablation: a family of classes, as grad-cam's CAMs are.
+
+A variant is one class: its ``name``, a ``description``, the parameters it takes with
+their defaults, how it builds per-pixel loss weights for the slices of a bank
+(:meth:`LossVariant.weights`) and which loss it trains with (:meth:`LossVariant.loss`).
+Defining a subclass with a ``name`` registers it; nothing else needs to change::
+
+    class Centre(LossVariant):
+        name = "centre"
+        description = "up-weight the middle of every slice"
+        params = {"alpha": 4.0}
+
+        def weights(self, bank, context):
+            w = torch.ones(len(bank), *bank.crop)
+            ...
+            return w
+
+A variant *instance* is identified by its key: the name plus the parameters that differ
+from the class's defaults, e.g. ``oracle``, ``oracle[alpha=50]`` or
+``gradcam[cam_method=layercam]``. The key names its run in the registry, its checkpoint
+directory and its rows of ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cam import read_heatmaps
+from .data.annotations import boxes_for
+from .data.boxes import random_boxes
+from .errors import DataError, ParameterError
+from .losses import box_weight_map, weight_map, weighted_mse
+
+
+class SliceSet(Protocol):
+    """What a variant needs of a bank: each slice's file stem and number, and the image size."""
+
+    files: Sequence[str]
+    slice_nums: Sequence[int]
+    crop: tuple[int, int]
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class WeightContext:
+    """What the run offers a variant to build weights from.
+
+    boxes: lesion boxes in image coordinates (:func:`mrlib.data.annotations.read_boxes`)
+    or ``None``; heatmaps: chapter 4's heatmap file or ``None``; seed: the run's seed.
+    """
+
+    boxes: pd.DataFrame | None = None
+    heatmaps: Path | None = None
+    seed: int = 0
+
+
+#: name -> variant class, in the order they were defined.
+REGISTRY: dict[str, type["LossVariant"]] = {}
+
+
+class LossVariant:
+    """One way to train the U-Net: per-pixel weights and a loss.
+
+    The base class is the plain MSE with uniform weights (:meth:`weights` returns
+    ``None``). Subclasses override :meth:`weights` and/or :meth:`loss`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    loss_name: ClassVar[str] = "weighted_mse"
+    #: parameter -> default; values given by the run config override the defaults
+    params: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if not re.fullmatch(r"[a-z][a-z0-9_+-]*", cls.name):
+                raise ParameterError("variant", f"variant name {cls.name!r}: use lowercase letters, digits, _ + -")
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ParameterError(
+                "variant", f"{self.name} takes no parameter {', '.join(unknown)}; "
+                f"it takes: {', '.join(self.params) or 'none'}")
+        values = {}
+        for k, default in self.params.items():
+            v = params.get(k, default)
+            if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if type(v) is not type(default):
+                raise ParameterError("variant", f"{self.name}: {k} must be {type(default).__name__}, got {v!r}")
+            values[k] = v
+        self.values = values
+
+    @property
+    def key(self) -> str:
+        """The name plus the parameters that differ from the class defaults."""
+        changed = [f"{k}={_fmt(v)}" for k, v in self.values.items() if v != self.params[k]]
+        return f"{self.name}[{','.join(changed)}]" if changed else self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key}>"
+
+    def weights(self, bank: SliceSet, context: WeightContext) -> torch.Tensor | None:
+        """Per-slice loss weights ``(len(bank), H, W)``, or ``None`` for uniform weights."""
+        return None
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """The training loss of a batch: ``pred``, ``target`` ``(B, H, W)``, ``weight`` ``(B, H, W)`` or None."""
+        return weighted_mse(pred, target, weight)
+
+    def config(self) -> dict[str, Any]:
+        """What a run records of its variant: the key, the loss and the parameter values."""
+        return {"variant": self.key, "loss": self.loss_name, **self.values}
+
+
+class Unweighted(LossVariant):
+    name = "unweighted"
+    description = "plain MSE: the reference every other variant is compared with"
+    loss_name = "mse"
+
+
+class GradCAM(LossVariant):
+    name = "gradcam"
+    description = "MSE up-weighted by the classifier's heatmaps (chapter 4): the report's method"
+    params = {"alpha": 4.0, "weight_rule": "linear", "threshold": 0.5, "cam_method": "gradcam"}
+
+    def weights(self, bank, context):
+        if context.heatmaps is None:
+            raise DataError("heatmaps", "the gradcam variant needs the heatmaps of notebook 04_gradcam")
+        v = self.values
+        weights = np.ones((len(bank), *bank.crop), dtype=np.float32)
+        cache: dict[str, np.ndarray] = {}
+        for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
+            if stem not in cache:
+                cache[stem] = read_heatmaps(context.heatmaps, v["cam_method"], stem, shape=bank.crop)[0]
+            if s >= cache[stem].shape[0]:
+                raise DataError(context.heatmaps, f"has {cache[stem].shape[0]} slices of {stem}; slice {s} is needed")
+            weights[i] = weight_map(cache[stem][s], rule=v["weight_rule"], alpha=v["alpha"], threshold=v["threshold"])
+        return torch.from_numpy(weights)
+
+
+class _BoxVariant(LossVariant):
+    """Weights ``1 + alpha`` inside boxes placed by :meth:`place`; slices without a box weigh 1."""
+
+    params = {"alpha": 4.0}
+
+    def place(self, boxes: list, shape: tuple[int, int], rng: np.random.Generator) -> list:
+        raise NotImplementedError
+
+    def weights(self, bank, context):
+        if context.boxes is None:
+            raise DataError("annotations", f"the {self.name} variant needs the lesion boxes (annotations/knee.csv)")
+        weights = np.ones((len(bank), *bank.crop), dtype=np.float32)
+        rng = np.random.default_rng(context.seed)
+        for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
+            boxes = boxes_for(context.boxes, stem, int(s))
+            if boxes:
+                weights[i] = box_weight_map(bank.crop, self.place(boxes, bank.crop, rng), self.values["alpha"])
+        return torch.from_numpy(weights)
+
+
+class Oracle(_BoxVariant):
+    name = "oracle"
+    description = "MSE up-weighted inside the true lesion boxes: the best an ROI weighting could do"
+
+    def place(self, boxes, shape, rng):
+        return boxes
+
+
+class Random(_BoxVariant):
+    name = "random"
+    description = "MSE up-weighted inside boxes of the true sizes at random places: the oracle's control"
+
+    def place(self, boxes, shape, rng):
+        return random_boxes(boxes, shape, rng)
+
+
+class L1(LossVariant):
+    name = "l1"
+    description = "L1 loss, fastMRI's own U-Net loss"
+    loss_name = "l1"
+
+    def loss(self, pred, target, weight):
+        return torch.nn.functional.l1_loss(pred, target)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _parse_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    return text
+
+
+def parse_key(key: str) -> tuple[str, dict[str, Any]]:
+    """``"oracle[alpha=50]"`` -> ``("oracle", {"alpha": 50})``."""
+    m = re.fullmatch(r"\s*([A-Za-z0-9_+-]+)\s*(?:\[(.*)\])?\s*", str(key))
+    if not m:
+        raise ParameterError("variant", f"{key!r} is not a variant key like oracle or oracle[alpha=50]")
+    params = {}
+    for part in filter(None, (p.strip() for p in (m.group(2) or "").split(","))):
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip():
+            raise ParameterError("variant", f"{key!r}: parameters are name=value, separated by commas")
+        params[k.strip()] = _parse_value(v.strip())
+    return m.group(1).lower(), params
+
+
+def make_variant(key: str, defaults: Mapping[str, Any] | None = None) -> LossVariant:
+    """The variant instance a key names.
+
+    Args:
+        key: a name (``oracle``) or a key with parameters (``oracle[alpha=50]``).
+        defaults: values for the class's parameters where the key does not set them,
+            e.g. the run config's ``alpha``; names the class does not take are ignored.
+    """
+    name, explicit = parse_key(key)
+    if name not in REGISTRY:
+        raise ParameterError("variants", f"unknown variant {name!r}; use some of {', '.join(REGISTRY)}")
+    cls = REGISTRY[name]
+    values = {k: v for k, v in (defaults or {}).items() if k in cls.params}
+    values.update(explicit)
+    return cls(**values)
+
+
+def variant_table() -> pd.DataFrame:
+    """The registered variants: name, loss, parameters with defaults, description."""
+    return pd.DataFrame([
+        {"variant": n, "loss": c.loss_name, "parameters": ", ".join(f"{k}={_fmt(v)}" for k, v in c.params.items()),
+         "description": c.description}
+        for n, c in REGISTRY.items()
+    ])
