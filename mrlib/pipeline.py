@@ -355,7 +355,7 @@ def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
 
 def build_book(rd: RunDir, root: Path | None = None) -> Path:
     """Build the run's Jupyter Book with warnings as errors; return the path of ``index.html``."""
-    book = prepare_book(rd, root)
+    book = prepare_book(rd, root).resolve()
     cmd = [
         sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
         "build", str(book), "--config", str(book / "_config.yml"), "--toc", str(book / "_toc.yml"),
@@ -366,6 +366,7 @@ def build_book(rd: RunDir, root: Path | None = None) -> Path:
         lines = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr).strip().splitlines()
         found = [line for line in lines if "WARNING" in line or "ERROR" in line] or lines[-25:]
         raise MrlibError(book / "_config.yml", "the book build failed or warned:\n" + "\n".join(found))
-    if not rd.book_html.is_file():
-        raise MrlibError(rd.book_html, "the build finished but wrote no index.html")
-    return rd.book_html
+    index = rd.book_html.resolve()
+    if not index.is_file():
+        raise MrlibError(index, "the build finished but wrote no index.html")
+    return index

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mrlib.data import kneemri
@@ -339,20 +339,27 @@ def test_random_bytes_only_raise_data_error(prefix, body):
 
 
 @settings(max_examples=100, deadline=None)
+@example(pos=0, byte=_VALID_PCK[0])  # the unchanged pickle: read back as the original array
+@example(pos=len(_VALID_PCK) // 2, byte=_VALID_PCK[len(_VALID_PCK) // 2])
 @given(pos=st.integers(0, len(_VALID_PCK) - 1), byte=st.integers(0, 255))
 def test_mutated_pickle_is_array_or_data_error(pos, byte):
     """A one-byte change of a valid pickle either still gives a rank-3 array or a DataError."""
     data = bytearray(_VALID_PCK)
     data[pos] = byte
+    unchanged = bytes(data) == _VALID_PCK
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.pck"
         p.write_bytes(bytes(data))
         try:
             vol = kneemri.load_pck(p)
         except DataError as exc:
+            assert not unchanged, f"the valid pickle was refused: {exc}"
             assert exc.where == str(p)
         else:
             assert type(vol) is np.ndarray and vol.ndim == 3
+            if unchanged:
+                np.testing.assert_array_equal(vol, np.arange(8, dtype=np.int16).reshape(2, 2, 2))
+                assert vol.dtype == np.int16
 
 
 def test_pck_crafted_dtype_state_is_refused(tmp_path):

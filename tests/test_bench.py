@@ -52,8 +52,11 @@ def test_streaming_batches_equal_bank_batches_and_read_each_slice_once(data):
     assert [b.image.shape[0] for b in batches] == [4, 2]
     for k, b in enumerate(batches):
         ref = bank.batch(order[4 * k: 4 * k + 4], func, seeds[4 * k: 4 * k + 4])
-        for got, want in zip(b, ref):
-            torch.testing.assert_close(got, want)
+        for field in ("image", "target", "mean", "std", "slice_num"):
+            torch.testing.assert_close(getattr(b, field), getattr(ref, field), msg=field)
+        assert b.fname == ref.fname  # each slice's file stem, as fastMRI's samples carry it
+        assert list(b.fname) == [bank.files[i] for i in order[4 * k: 4 * k + 4]]
+        assert b.slice_num.tolist() == [int(bank.slice_nums[i]) for i in order[4 * k: 4 * k + 4]]
     assert stream.reads == len(bank)  # chunk-aligned slabs, each slice read once
     torch.testing.assert_close(stream.kspace_of([5, 1]), bank.kspace_of([5, 1]))
     assert stream.max_value == bank.max_value and stream.volumes == bank.volumes

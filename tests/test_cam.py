@@ -17,6 +17,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from mrlib import cam
 from mrlib.classifier import prepare_exam, to_source
@@ -25,8 +27,24 @@ from mrlib.data.fastmri_h5 import read_volume
 from mrlib.errors import DataError, ParameterError
 from mrlib.metrics import roc_auc
 from mrlib.models import MRNet
+from mrlib.rundir import RunDir
 
 SIZE, SQ = 64, 8  # slice size and lesion square side
+
+#: The classes of pytorch-grad-cam that each method name must pick (spelled out here, not
+#: read from ``cam.METHODS``, so a wrong mapping there fails).
+GRAD_CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
+
+
+class _SliceLogits(torch.nn.Module):
+    """The reference's model: each slice scored by its own logit."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.slice_logits(x)
 
 
 def _square_exams(rng, n_exams, n_slices=4, labels=None):
@@ -115,7 +133,11 @@ def test_gradcam_points_at_the_lesion(lesion_model):
     assert np.mean(hits) >= 0.8, f"GradCAM pointing game {np.mean(hits):.2f} on {len(hits)} positive slices"
 
 
-@pytest.mark.parametrize("method", sorted(cam.METHODS))
+def test_the_methods_are_the_four_of_pytorch_grad_cam():
+    assert sorted(cam.METHODS) == sorted(GRAD_CAM_CLASSES)
+
+
+@pytest.mark.parametrize("method", sorted(GRAD_CAM_CLASSES))
 def test_all_methods_run(lesion_model, method):
     rng = np.random.default_rng(3)
     x, _, _ = _square_exams(rng, 1, n_slices=2, labels=1)
@@ -123,6 +145,22 @@ def test_all_methods_run(lesion_model, method):
     assert maps.shape == (2, 224, 224) and np.isfinite(maps).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6 and maps.max() > 0
     assert scores.shape == (2,)
+    # the reference: pytorch-grad-cam's own class for this method, run directly
+    with GRAD_CAM_CLASSES[method](model=_SliceLogits(lesion_model), target_layers=[lesion_model.features[11]]) as c:
+        ref = c(input_tensor=x, targets=[ClassifierOutputTarget(0)] * 2)
+    lesion_model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(maps, ref, atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(scores, lesion_model.slice_logits(x)[:, 0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_methods_give_different_maps(lesion_model):
+    x, _, _ = _square_exams(np.random.default_rng(3), 1, n_slices=2, labels=1)
+    maps = {m: cam.slice_cams(lesion_model, x, m)[0] for m in GRAD_CAM_CLASSES}
+    names = sorted(maps)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert np.abs(maps[a] - maps[b]).max() > 1e-3, (a, b)
 
 
 def test_unknown_method_is_refused(lesion_model):
@@ -152,7 +190,7 @@ def synth_targets(tmp_path_factory):
 def heatmap_file(synth_targets, tmp_path_factory):
     torch.manual_seed(0)
     model = MRNet().eval()
-    out = tmp_path_factory.mktemp("run") / "gradcam" / "heatmaps.h5"
+    out = RunDir(tmp_path_factory.mktemp("run")).heatmaps
     path = cam.compute_heatmaps(model, synth_targets[1], ["gradcam", "layercam"], out, progress=False)
     return model, path
 
@@ -176,6 +214,11 @@ def test_compute_and_read_round_trip(synth_targets, heatmap_file):
             np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
     maps, _ = cam.read_heatmaps(path, "gradcam", volumes[0][0] + ".h5")  # an .h5 name works too
     assert maps.shape == volumes[0][1].shape
+    # the stored maps are the classifier's maps moved back onto the target's pixels
+    stem, target = volumes[0]
+    for method in ("gradcam", "layercam"):
+        want = to_source(cam.slice_cams(model, prepare_exam(target), method)[0], target.shape[1:])
+        np.testing.assert_allclose(cam.read_heatmaps(path, method, stem)[0], want, atol=1e-5)
 
 
 def test_read_heatmaps_mismatches_name_the_file(synth_targets, heatmap_file, tmp_path):
@@ -228,14 +271,17 @@ def test_flip_ud_maps_land_on_the_source_pixels(lesion_model, tmp_path):
                                 flip_ud=True, progress=False)
     a, _ = cam.read_heatmaps(up, "gradcam", "v")
     b, _ = cam.read_heatmaps(down, "gradcam", "v")
+    for m in a:  # the maps are not flat: each peaks on the square (rows 5-12, columns 40-47)
+        assert _inside((40, 5, SQ, SQ), *np.unravel_index(int(m.argmax()), m.shape))
     np.testing.assert_allclose(b, a[:, ::-1], atol=1e-4)
     with h5py.File(down) as f:
         assert bool(f.attrs["flip_ud"]) is True
 
 
 def test_localization_table_on_the_heatmap_file(synth_targets, heatmap_file):
-    from mrlib.data.annotations import read_boxes
-    from mrlib.metrics import localization_table
+    from mrlib.cam import localization_table
+    from mrlib.data.annotations import boxes_for, read_boxes
+    from mrlib.metrics import box_iou, energy_in_boxes, pointing_game
 
     root, volumes = synth_targets
     _, path = heatmap_file
@@ -248,6 +294,19 @@ def test_localization_table_on_the_heatmap_file(synth_targets, heatmap_file):
     assert (table["n_slices"] == n_annotated).all()
     for col in ("pointing_game", "energy_in_box", "iou"):
         assert table[col].between(0, 1).all()
+    # each row by hand: every annotated slice's map against the union of its boxes
+    for method, row in zip(["gradcam", "layercam"], table.itertuples(index=False)):
+        hits, energy, iou = [], [], []
+        for stem, s in sorted(set(zip(boxes["file"], boxes["slice"]))):
+            m = cam.read_heatmaps(path, method, stem)[0][int(s)]
+            b = boxes_for(boxes, stem, int(s))
+            hits.append(pointing_game(m, b))
+            energy.append(energy_in_boxes(m, b))
+            iou.append(box_iou(m, b, 0.5))
+        assert row.n_slices == len(hits)
+        assert row.pointing_game == pytest.approx(np.mean(hits))
+        assert row.energy_in_box == pytest.approx(np.mean(energy))
+        assert row.iou == pytest.approx(np.mean(iou))
     other = boxes.assign(file="file9999999")
     with pytest.raises(DataError, match="none of the"):
         localization_table(path, other, ["gradcam"])

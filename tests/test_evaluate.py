@@ -6,16 +6,23 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fastmri import evaluate as fm_eval
+from scipy import stats
 from scipy.stats import wilcoxon
+from skimage.metrics import structural_similarity
 
 from mrlib import evaluate as ev
-from mrlib.artifacts import write_json
 from mrlib.data import manifest as mf
 from mrlib.data import synth
+from mrlib.data.boxes import window
 from mrlib.errors import DataError, MrlibError, ParameterError
-from mrlib.metrics import volume_metrics
+from mrlib.masking import MaskSpec
+from mrlib.metrics import ROI_METRICS, SSIM_WINDOW, ZERO_FILLED, roi_metrics, volume_metrics
 from mrlib.models import build_unet
+from mrlib.report import ablation_table, comparison_sentences
+from mrlib.rundir import RunDir
+from mrlib.stats import NO_ROI, summarize
 from mrlib.train import save_checkpoint
 
 RNG = np.random.default_rng(0)
@@ -36,7 +43,7 @@ def test_volume_metrics_equal_fastmri_evaluate():
     assert got["ssim"] == pytest.approx(float(fm_eval.ssim(gt, pred)[0]), rel=1e-12)
     # one box covering every slice entirely gives the volume's NMSE and PSNR
     whole = {s: [(0, 0, gt.shape[2], gt.shape[1], "all")] for s in range(gt.shape[0])}
-    roi = ev.roi_metrics(gt, pred, whole)
+    roi = roi_metrics(gt, pred, whole)
     assert roi["roi_nmse"] == pytest.approx(got["nmse"], rel=1e-12)
     assert roi["roi_psnr"] == pytest.approx(got["psnr"], rel=1e-12)
     assert roi["roi_ssim"] == pytest.approx(got["ssim"], rel=1e-12)
@@ -45,13 +52,12 @@ def test_volume_metrics_equal_fastmri_evaluate():
 def test_roi_metrics_are_fastmri_on_the_box_pixels():
     gt, pred = _volume()
     boxes = {0: [(5, 6, 10, 8, "a")], 2: [(20, 10, 9, 12, "b"), (30, 25, 8, 8, "c")]}
-    got = ev.roi_metrics(gt, pred, boxes, maxval=gt.max())
+    got = roi_metrics(gt, pred, boxes, maxval=gt.max())
     m = np.zeros(gt.shape, bool)
     m[0, 6:14, 5:15] = m[2, 10:22, 20:29] = m[2, 25:33, 30:38] = True
     assert got["roi_nmse"] == pytest.approx(float(fm_eval.nmse(gt[m], pred[m])))
     assert got["roi_psnr"] == pytest.approx(float(fm_eval.psnr(gt[m], pred[m], gt.max())))
-    from skimage.metrics import structural_similarity as ssim
-
+    ssim = structural_similarity
     want = np.mean([ssim(gt[0, 6:14, 5:15], pred[0, 6:14, 5:15], data_range=gt.max()),
                     ssim(gt[2, 10:22, 20:29], pred[2, 10:22, 20:29], data_range=gt.max()),
                     ssim(gt[2, 25:33, 30:38], pred[2, 25:33, 30:38], data_range=gt.max())])
@@ -61,45 +67,47 @@ def test_roi_metrics_are_fastmri_on_the_box_pixels():
 def test_roi_metrics_read_only_the_boxes():
     gt, pred = _volume()
     boxes = {1: [(10, 12, 9, 7, "a")], 2: [(3, 30, 4, 3, "small")]}  # the second is enlarged to 7x7 for SSIM
-    base = ev.roi_metrics(gt, pred, boxes)
-    window = np.zeros(gt.shape, bool)
-    window[1, 12:19, 10:19] = True
-    y0, y1, x0, x1 = ev.ssim_window(boxes[2][0], gt.shape[1:])
+    base = roi_metrics(gt, pred, boxes)
+    read = np.zeros(gt.shape, bool)
+    read[1, 12:19, 10:19] = True
+    y0, y1, x0, x1 = window(boxes[2][0], gt.shape[1:], SSIM_WINDOW)
     assert (y1 - y0, x1 - x0) == (7, 7)
-    window[2, y0:y1, x0:x1] = True
+    read[2, y0:y1, x0:x1] = True
     outside = pred.copy()
-    outside[~window] = 1000.0  # anything outside the boxes (and SSIM's 7x7 windows)
-    assert ev.roi_metrics(gt, outside, boxes) == base
+    outside[~read] = 1000.0  # anything outside the boxes (and SSIM's 7x7 windows)
+    assert roi_metrics(gt, outside, boxes) == base
     inside = pred.copy()
     inside[1, 14, 12] += 1.0  # one pixel inside a box
-    changed = ev.roi_metrics(gt, inside, boxes)
-    assert all(changed[k] != base[k] for k in ev.ROI_METRICS)
+    changed = roi_metrics(gt, inside, boxes)
+    assert all(changed[k] != base[k] for k in ROI_METRICS)
     # the PSNR data range is the whole volume's max, not the box's
-    scaled = ev.roi_metrics(gt, pred, boxes, maxval=2 * gt.max())
+    scaled = roi_metrics(gt, pred, boxes, maxval=2 * gt.max())
     assert scaled["roi_psnr"] == pytest.approx(base["roi_psnr"] + 20 * np.log10(2))
 
 
 def test_ssim_window_stays_in_the_image():
-    assert ev.ssim_window((0, 0, 2, 2), (40, 48)) == (0, 7, 0, 7)
-    assert ev.ssim_window((46, 38, 2, 2), (40, 48)) == (33, 40, 41, 48)
-    assert ev.ssim_window((10, 10, 3, 3), (40, 48)) == (8, 15, 8, 15)  # symmetric
-    assert ev.ssim_window((60, 60, 3, 3), (40, 48)) is None  # outside
+    assert SSIM_WINDOW == 7  # skimage's default window, which the ROI SSIM uses
+    assert window((0, 0, 2, 2), (40, 48), SSIM_WINDOW) == (0, 7, 0, 7)
+    assert window((46, 38, 2, 2), (40, 48), SSIM_WINDOW) == (33, 40, 41, 48)
+    assert window((10, 10, 3, 3), (40, 48), SSIM_WINDOW) == (8, 15, 8, 15)  # symmetric
+    assert window((60, 60, 3, 3), (40, 48), SSIM_WINDOW) is None  # outside
+    assert window((5, 6, 10, 8), (40, 48), SSIM_WINDOW) == (6, 14, 5, 15)  # large enough: the box itself
 
 
 def test_volume_without_boxes_gives_nan_and_the_summary_says_so(capsys):
     gt, pred = _volume()
-    assert all(np.isnan(v) for v in ev.roi_metrics(gt, pred, {}).values())
-    assert all(np.isnan(v) for v in ev.roi_metrics(gt, pred, {0: [(100, 100, 5, 5)]}).values())  # outside the image
+    assert all(np.isnan(v) for v in roi_metrics(gt, pred, {}).values())
+    assert all(np.isnan(v) for v in roi_metrics(gt, pred, {0: [(100, 100, 5, 5)]}).values())  # outside the image
     df = _table(n_volumes=3, with_roi=False)
-    summary = ev.summarize(df)
-    assert summary["roi"] == ev.NO_ROI
-    assert ev.NO_ROI in capsys.readouterr().out
+    summary = summarize(df)
+    assert summary["roi"] == NO_ROI
+    assert NO_ROI in capsys.readouterr().out
     assert not any(m.startswith("roi_") for m in summary["metrics"])
     assert all("roi_psnr" not in g for g in summary["groups"])
-    assert "roi_psnr" not in " ".join(ev.ablation_table(summary).columns)
+    assert "roi_psnr" not in " ".join(ablation_table(summary).columns)
     # some volumes with boxes: the ROI means skip the others, and the summary names them
     df.loc[df.volume != "v0", "roi_psnr"] = 30.0
-    summary = ev.summarize(df)
+    summary = summarize(df)
     assert "2 of 3" in summary["roi"] and "v0" in summary["roi"]
     assert summary["groups"][0]["roi_psnr"]["mean"] == 30.0
 
@@ -112,7 +120,7 @@ def _table(n_volumes=8, seeds=(0, 1), with_roi=True):
     base = {f"v{i}": 25 + rng.normal(0, 2) for i in range(n_volumes)}
     for acc in (4, 8):
         for vol, psnr in base.items():
-            rows.append(dict(variant=ev.ZERO_FILLED, acceleration=acc, seed=-1, volume=vol, psnr=psnr - 5))
+            rows.append(dict(variant=ZERO_FILLED, acceleration=acc, seed=-1, volume=vol, psnr=psnr - 5))
             for seed in seeds:
                 jitter = rng.normal(0, 0.1)  # the same seed jitter in both variants, cancelled by pairing
                 rows.append(dict(variant="unweighted", acceleration=acc, seed=seed, volume=vol, psnr=psnr + jitter))
@@ -120,14 +128,14 @@ def _table(n_volumes=8, seeds=(0, 1), with_roi=True):
     df = pd.DataFrame(rows)
     for m in ("nmse", "ssim", "seconds"):
         df[m] = 0.5
-    for m in ev.ROI_METRICS:
+    for m in ROI_METRICS:
         df[m] = df["psnr"] if with_roi else np.nan
     return df[list(ev.COLUMNS)]
 
 
 def test_summarize_known_answer():
     df = _table(n_volumes=8)
-    s = ev.summarize(df, reference="unweighted")
+    s = summarize(df, reference="unweighted")
     c = {(x["variant"], x["acceleration"], x["metric"]): x for x in s["comparisons"]}
     g = c[("gradcam", 4, "psnr")]
     assert g["mean_diff"] == pytest.approx(1.0, abs=1e-9)
@@ -143,8 +151,6 @@ def test_summarize_known_answer():
     # group statistics: a t-interval over volumes of the per-volume means across seeds
     grp = {(x["variant"], x["acceleration"]): x for x in s["groups"]}
     per_vol = df[(df.variant == "gradcam") & (df.acceleration == 4)].groupby("volume").psnr.mean()
-    from scipy import stats
-
     half = stats.t.ppf(0.975, 7) * per_vol.std(ddof=1) / np.sqrt(8)
     got = grp[("gradcam", 4)]
     assert got["psnr"]["mean"] == pytest.approx(per_vol.mean())
@@ -153,22 +159,22 @@ def test_summarize_known_answer():
     assert grp[("zero-filled", 4)]["n_seeds"] == 1 and grp[("zero-filled", 4)]["psnr"]["seed_sd"] is None
     json.dumps(s, allow_nan=False)  # JSON-ready: no NaN
     # the book's table and sentences
-    table = ev.ablation_table(s)
+    table = ablation_table(s)
     assert list(table.variant[:3]) == ["zero-filled", "unweighted", "gradcam"]
     row = table[(table.variant == "gradcam") & (table.acceleration == "4x")].iloc[0]
     assert row["Δ psnr vs unweighted"].startswith("+1.00 [+1.00, +1.00], p=0.008")
     assert table[table.variant == "unweighted"]["Δ psnr vs unweighted"].eq("reference").all()
-    sentences = ev.comparison_sentences(s, metrics=["psnr"])
+    sentences = comparison_sentences(s, metrics=["psnr"])
     assert len(sentences) == 2 and "excludes 0: gradcam is better" in sentences[0]
 
 
 def test_summarize_few_volumes_says_little_power():
-    s = ev.summarize(_table(n_volumes=3))
+    s = summarize(_table(n_volumes=3))
     c = next(x for x in s["comparisons"] if x["variant"] == "gradcam" and x["metric"] == "psnr")
     assert "little power" in c["note"] and c["p_wilcoxon"] == pytest.approx(0.25)
-    one = ev.summarize(_table(n_volumes=1))
+    one = summarize(_table(n_volumes=1))
     c = next(x for x in one["comparisons"] if x["variant"] == "gradcam" and x["metric"] == "psnr")
-    assert c["low"] is None and "no interval" in ev.comparison_sentences(one, ["psnr"])[0]
+    assert c["low"] is None and "no interval" in comparison_sentences(one, ["psnr"])[0]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -176,27 +182,23 @@ def test_summarize_few_volumes_says_little_power():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    data, run = root / "data", root / "run"
+    data, rd = root / "data", RunDir(root / "run")
     cfg = synth.SynthConfig(image_size=64, n_slices=3, n_train=1, n_val=1, n_test=2,
                             kneemri_exams=4, kneemri_slices=4, kneemri_size=64)
     synth.generate(data, cfg, seed=0, progress=False)
-    mf.write_manifest(run, mf.build_manifest(data))
-    write_json(run / "masking.json", {"mask_type": "random", "accelerations": [4, 8],
-                                      "center_fractions": [0.08, 0.04], "seed": 0})
-    runs = []
+    rd.write_manifest(mf.build_manifest(data))
+    rd.write_mask_spec(MaskSpec("random", (4, 8), (0.08, 0.04)), seed=0)
     for variant, seed in (("unweighted", 0), ("unweighted", 1), ("gradcam", 0)):
         config = dict(variant=variant, seed=seed, model="unet", chans=4, pools=1, loss="mse",
-                      weight_rule="linear", alpha=4.0, threshold=0.5, cam_method="gradcam", epochs=1, lr=1e-3)
-        d = run / "unet" / variant / f"seed{seed}"
-        import torch
-
+                      weight_rule="linear", alpha=4.0, threshold=0.5, cam_method="gradcam", unet_epochs=1,
+                      unet_lr=1e-3)
+        ckpts = rd.unet_run(variant, seed)
         torch.manual_seed(seed)
-        save_checkpoint(d / "best.pt", {"model": build_unet("unet", chans=4, num_pool_layers=1).state_dict()})
-        write_json(d / "config.json", config)
-        write_json(d / "history.json", [dict(epoch=1, train_loss=0.5, val_loss=0.4, val_mse=0.3, lr=1e-3)])
-        runs.append(config)
-    write_json(run / "unet" / "runs.json", runs)
-    return run
+        save_checkpoint(ckpts.best, {"model": build_unet("unet", chans=4, num_pool_layers=1).state_dict()})
+        ckpts.write_config(config)
+        ckpts.write_history([dict(epoch=1, train_loss=0.5, val_loss=0.4, val_mse=0.3, lr=1e-3)])
+        rd.register_run(config)
+    return rd.root
 
 
 def test_evaluate_end_to_end(run_dir):
@@ -209,43 +211,56 @@ def test_evaluate_end_to_end(run_dir):
     assert set(df[df.variant == "zero-filled"].seed) == {-1}
     assert set(df.acceleration) == {4, 8} and df.volume.nunique() == 2
     assert df[["nmse", "psnr", "ssim", "seconds"]].notna().all().all() and (df.seconds > 0).all()
-    assert df[list(ev.ROI_METRICS)].notna().all().all()  # both synthetic test volumes hold lesions
+    assert df[list(ROI_METRICS)].notna().all().all()  # both synthetic test volumes hold lesions
     # zero-filled beats an untrained network, and 4x beats 8x for zero-filled
     zf = df[df.variant == "zero-filled"].groupby("acceleration").psnr.mean()
     assert zf[4] > zf[8]
     # filters
     only = ev.evaluate(run_dir, variants=["gradcam"], device="cpu", progress=False)
     assert set(only.variant) == {"zero-filled", "gradcam"} and len(only) == 2 * 2 * 2
-    # summary, files, tables
-    summary = ev.summarize(df)
-    csv, js = ev.write_results(run_dir, df, summary)
-    back, s2 = ev.read_results(run_dir)
+    # summary, files, tables: what notebook 06 and `mrlib evaluate` compute and write
+    rd = RunDir(run_dir)
+    df2, summary = ev.evaluate_run(rd, device="cpu", batch_size=2, progress=False)
+    pd.testing.assert_frame_equal(df2.drop(columns="seconds"), df.drop(columns="seconds"))
+    assert summary == json.loads(json.dumps(summarize(df2)))
+    back, s2 = rd.read_evaluation()
     assert list(back.columns) == list(ev.COLUMNS) and len(back) == len(df)
+    pd.testing.assert_frame_equal(back, df2, check_exact=False, rtol=1e-12)
+    assert s2 == summary
     assert s2["roi"].startswith("ROI metrics over the 2 of 2")
-    assert not list((run_dir / "evaluation").glob("*.part"))
-    table = ev.ablation_table(s2)
+    assert not list(rd.metrics_csv.parent.glob("*.part"))
+    table = ablation_table(s2)
     assert len(table) == 3 * 2 and "roi_ssim" in table.columns
     losses = ev.final_losses(run_dir)
     assert list(losses.variant) == ["unweighted", "unweighted", "gradcam"] and losses.val_mse.eq(0.3).all()
     target, recons, boxes = ev.volume_reconstructions(run_dir, df.volume.iloc[0], 4, device="cpu")
     assert list(recons) == ["zero-filled", "unweighted", "gradcam"] and target.shape == recons["gradcam"].shape
     assert boxes
+    zf_row = df[(df.variant == ZERO_FILLED) & (df.acceleration == 4) & (df.volume == df.volume.iloc[0])].iloc[0]
+    assert volume_metrics(target, recons[ZERO_FILLED])["psnr"] == pytest.approx(zf_row.psnr)
 
 
 def test_evaluate_bad_inputs(run_dir, tmp_path):
-    with pytest.raises(ParameterError, match="'dcgan'.*trained: gradcam, unweighted"):
+    with pytest.raises(ParameterError, match="'dcgan'.*trained: unweighted, gradcam"):  # the registry's order
         ev.evaluate(run_dir, variants=["dcgan"], progress=False)
     with pytest.raises(ParameterError, match="seeds"):
         ev.evaluate(run_dir, seeds=[7], progress=False)
-    bad = tmp_path / "run"
-    shutil.copytree(run_dir, bad)
+    bad = RunDir(tmp_path / "run")
+    shutil.copytree(run_dir, bad.root)
     # a checkpoint of another model (the report's U-Net) under a fastMRI U-Net config
-    save_checkpoint(bad / "unet" / "gradcam" / "seed0" / "best.pt", {"model": build_unet("seed").state_dict()})
-    with pytest.raises(MrlibError, match="best.pt.*does not fit Unet"):
+    best = bad.unet_run("gradcam", 0).best
+    save_checkpoint(best, {"model": build_unet("seed").state_dict()})
+    with pytest.raises(MrlibError, match=f"{best.name}.*does not fit Unet"):
         ev.evaluate(bad, device="cpu", progress=False)
-    (bad / "masking.json").unlink()
-    with pytest.raises(DataError, match="masking.json.*02_masking"):
+    best.unlink()
+    with pytest.raises(DataError, match="checkpoint of run gradcam/seed0 is missing"):
+        ev.evaluate(bad, device="cpu", progress=False)
+    bad.masking_path.unlink()
+    with pytest.raises(DataError, match=f"{bad.masking_path.name}.*02_masking"):
         ev.evaluate(bad, variants=["unweighted"], device="cpu", progress=False)
-    (bad / "unet" / "runs.json").unlink()
-    with pytest.raises(DataError, match="runs.json.*05_weighted_unet"):
+    bad.registry.unlink()
+    with pytest.raises(DataError, match=f"{bad.registry.name}.*05_weighted_unet"):
         ev.evaluate(bad, progress=False)
+    bad.manifest_path.unlink()
+    with pytest.raises(DataError, match=f"{bad.manifest_path.name}.*01_data"):
+        bad.read_manifest()

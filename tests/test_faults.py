@@ -1,14 +1,15 @@
 """Faults: a run killed with SIGKILL and started again ends where an uninterrupted run ends.
 
 * Training-loop level (fast): a child process trains a tiny U-Net / MRNet with
-  :func:`mrlib.train.train_unet` / :func:`mrlib.classifier.train_mrnet`; it pauses itself
+  :func:`mrlib.unet.train_unet` / :func:`mrlib.classifier.train_mrnet`; it pauses itself
   in the middle of epoch 2 (after epoch 1's checkpoint, after one more optimizer step)
   and is SIGKILLed there, or in the middle of writing a checkpoint. Started again, it
-  resumes from ``last.pt`` and its weights, history and metrics equal those of an
+  resumes from the last checkpoint and its weights, history and metrics equal those of an
   uninterrupted run bit for bit.
 * Whole run (slow): ``python -m mrlib run`` (smoke, shrunk with ``-p``) is SIGKILLed, with
-  its notebook kernel, while MRNet trains; run again, it finishes, its ``run.json`` lists
-  every notebook, and ``mrlib.compare`` finds no difference from an uninterrupted run.
+  its notebook kernel, while MRNet trains; run again, it finishes, its stamp lists
+  every notebook, and ``mrlib.compare`` finds no difference from an uninterrupted run
+  (the shared ``reference_run``).
 * The run directory contract through the command line: a finished run is not overwritten
   without ``--force``; another preset or other parameters are refused, with a clear
   message and exit status 2.
@@ -28,8 +29,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import scratch_cli, shrunk_run_args
+from conftest import cli, shrunk_run_args
 from mrlib.compare import compare_runs
+from mrlib.rundir import NOTEBOOKS, CheckpointDir, RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -45,8 +47,11 @@ CHILD = textwrap.dedent(
     import numpy as np
     import torch
 
+    from mrlib.rundir import CheckpointDir
+
     torch.set_num_threads(1)
     kind, data, out, pause = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+    ckpts = CheckpointDir(out)
     EPOCHS = 3
 
 
@@ -57,7 +62,7 @@ CHILD = textwrap.dedent(
 
     def epochs_done():
         try:
-            return len(json.loads((out / "history.json").read_text()))
+            return len(json.loads(ckpts.history.read_text()))
         except (OSError, ValueError):
             return 0
 
@@ -81,9 +86,10 @@ CHILD = textwrap.dedent(
             buf = io.BytesIO()
             real_save(obj, buf, *a, **k)
             data = buf.getvalue()
-            if Path(f).name.startswith(".last.pt."):
+            last = Path(f).name.startswith(f".{CheckpointDir.LAST}.")  # the temporary of the last checkpoint
+            if last:
                 saves.append(f)
-            if len(saves) == 2 and Path(f).name.startswith(".last.pt."):  # epoch 2's last.pt
+            if len(saves) == 2 and last:  # epoch 2's last checkpoint
                 Path(f).write_bytes(data[: len(data) // 2])
                 park()
             Path(f).write_bytes(data)
@@ -97,7 +103,8 @@ CHILD = textwrap.dedent(
         from mrlib.masking import MaskSpec
         from mrlib.models import fastmri_unet
         from mrlib.recon import SliceBank
-        from mrlib.train import train_unet
+        from mrlib.unet import train_unet
+        from mrlib.variants import GradCAM
 
         train = SliceBank(sorted((data / "fastmri" / "singlecoil_train").glob("*.h5")))
         val = SliceBank(sorted((data / "fastmri" / "singlecoil_val").glob("*.h5")))
@@ -105,7 +112,7 @@ CHILD = textwrap.dedent(
         train.batch = lambda *a, **k: (gate(), batch(*a, **k))[1]
         weights = torch.rand(len(train), *train.crop, generator=torch.Generator().manual_seed(1)) + 0.5
         model = fastmri_unet(chans=4, num_pool_layers=2)
-        history = train_unet(model, train, val, MaskSpec(), "gradcam", out, train_weights=weights,
+        history = train_unet(model, train, val, MaskSpec(), GradCAM(), ckpts, train_weights=weights,
                              epochs=EPOCHS, batch_size=2, seed=7, progress=False, config={"test": kind})
     else:
         from mrlib.classifier import evaluate_mrnet, stratified_split, train_mrnet
@@ -126,7 +133,7 @@ CHILD = textwrap.dedent(
                               seed=5, progress=False)
         from mrlib.train import load_weights
 
-        load_weights(model, out / "best.pt")
+        load_weights(model, ckpts.best)
         metrics, _ = evaluate_mrnet(model, exams, labels, splits["test"], seed=0)
         (out / "metrics.json").write_text(json.dumps(metrics, sort_keys=True))
     print("DONE", len(history))
@@ -168,18 +175,19 @@ def _kill_and_resume(script: Path, kind: str, data: Path, out: Path, pause: str)
     assert proc.returncode == -signal.SIGKILL
     (out / "PAUSED").unlink()
     # what the kill left: epoch 1 complete and loadable, nothing torn under a real name
-    history = json.loads((out / "history.json").read_text())
+    ckpts = CheckpointDir(out)
+    history = ckpts.read_history()
     assert [h["epoch"] for h in history] == [1] if pause == "step" else [h["epoch"] for h in history] in ([1], [1, 2])
-    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt = torch.load(ckpts.last, weights_only=True)
     assert ckpt["epoch"] + 1 == len(history)
     if pause == "save":
-        assert list(out.glob(".last.pt.*.part")), "the torn checkpoint should have been a temporary file"
+        assert list(out.glob(f".{CheckpointDir.LAST}.*.part")), "the torn checkpoint should have been a temporary file"
     _run_child(script, kind, data, out)
 
 
 def _same_training(ref: Path, resumed: Path) -> None:
-    assert json.loads((ref / "history.json").read_text()) == json.loads((resumed / "history.json").read_text())
-    for name in ("last.pt", "best.pt"):
+    assert CheckpointDir(ref).read_history() == CheckpointDir(resumed).read_history()
+    for name in (CheckpointDir.LAST, CheckpointDir.BEST):
         a, b = (torch.load(d / name, weights_only=True) for d in (ref, resumed))
         assert a["epoch"] == b["epoch"] and a["best"] == b["best"]
         assert a["model"].keys() == b["model"].keys()
@@ -217,14 +225,16 @@ def test_resume_with_other_parameters_is_refused(tmp_path, tiny_data):
     from mrlib.masking import MaskSpec
     from mrlib.models import fastmri_unet
     from mrlib.recon import SliceBank
-    from mrlib.train import train_unet
+    from mrlib.unet import train_unet
+    from mrlib.variants import Unweighted
 
     bank = SliceBank(sorted((tiny_data / "fastmri" / "singlecoil_train").glob("*.h5")))
     kw = dict(epochs=1, batch_size=6, progress=False)
-    train_unet(fastmri_unet(chans=2, num_pool_layers=1), bank, bank, MaskSpec(), "unweighted", tmp_path,
+    ckpts = CheckpointDir(tmp_path)
+    train_unet(fastmri_unet(chans=2, num_pool_layers=1), bank, bank, MaskSpec(), Unweighted(), ckpts,
                config={"lr": 1}, **kw)
-    with pytest.raises(MrlibError, match=r"last\.pt: was written with other parameters"):
-        train_unet(fastmri_unet(chans=2, num_pool_layers=1), bank, bank, MaskSpec(), "unweighted", tmp_path,
+    with pytest.raises(MrlibError, match=f"{ckpts.last}: was written with other parameters"):
+        train_unet(fastmri_unet(chans=2, num_pool_layers=1), bank, bank, MaskSpec(), Unweighted(), ckpts,
                    config={"lr": 2}, **kw)
 
 
@@ -257,10 +267,11 @@ def _epochs(path: Path) -> int:
 def test_killed_cli_run_restarts_and_finishes_like_an_uninterrupted_run(tmp_path, reference_run):
     reference = reference_run
     run_dir = tmp_path / "run"
-    proc = scratch_cli(tmp_path, *shrunk_run_args(run_dir), background=True)
-    deadline = time.monotonic() + 400
-    while _epochs(run_dir / "mrnet" / "history.json") < 1:  # MRNet has finished epoch 1 of 2
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
+    rd = RunDir(run_dir)
+    proc = cli(*shrunk_run_args(run_dir), background=True)
+    deadline = time.monotonic() + 600
+    while _epochs(rd.classifier.history) < 1:  # MRNet has finished epoch 1 of 2
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "MRNet never wrote its first epoch"
         time.sleep(0.1)
     tree = [proc.pid, *_descendants(proc.pid)]  # the runner and its notebook kernel (own session)
@@ -271,48 +282,52 @@ def test_killed_cli_run_restarts_and_finishes_like_an_uninterrupted_run(tmp_path
             pass
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    stamp = json.loads((run_dir / "run.json").read_text())
+    stamp = rd.read_stamp()
     assert "03_mrnet" not in stamp["finished"] and "01_data" in stamp["finished"]
-    assert not (run_dir / "mrnet" / "metrics.json").exists()
+    assert not rd.classifier_metrics.exists()
 
-    again = scratch_cli(tmp_path, *shrunk_run_args(run_dir))
-    assert again.returncode == 0, again.stderr[-4000:]
-    stamp = json.loads((run_dir / "run.json").read_text())
-    assert sorted(stamp["finished"]) == ["01_data", "02_masking", "03_mrnet", "04_gradcam", "05_weighted_unet",
-                                         "06_evaluation"]
-    assert _epochs(run_dir / "mrnet" / "history.json") == 2
+    again = cli(*shrunk_run_args(run_dir))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert sorted(rd.read_stamp()["finished"]) == sorted(NOTEBOOKS)
+    assert _epochs(rd.classifier.history) == 2
     assert compare_runs(reference, run_dir) == []
+    # and the comparison sees a difference where there is one
+    assert compare_runs(reference, run_dir, ignore=()) != []
 
     # a finished run is not overwritten without --force
-    before = (run_dir / "evaluation" / "metrics.csv").stat().st_mtime_ns
-    refused = scratch_cli(tmp_path, *shrunk_run_args(run_dir))
+    before = rd.metrics_csv.stat().st_mtime_ns
+    refused = cli(*shrunk_run_args(run_dir))
     assert refused.returncode == 2
     assert f"error: {run_dir}: holds a finished run with these parameters; use --force" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert (run_dir / "evaluation" / "metrics.csv").stat().st_mtime_ns == before
+    assert rd.metrics_csv.stat().st_mtime_ns == before
 
 
 def test_cli_refuses_a_run_dir_of_another_preset_or_parameters(tmp_path):
     """Stops at the stamp, before any notebook runs: fast."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    stamp = {"preset": "smoke", "parameters": {"seed": 0, "unet_epochs": 2}, "finished": ["01_data"]}
-    (run_dir / "run.json").write_text(json.dumps(stamp))
-    (run_dir / "manifest.json").write_text("{}")
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    stamp = {"preset": "smoke", "data": "", "parameters": {"seed": 0, "unet_epochs": 2}, "finished": ["01_data"]}
+    rd.write_stamp(stamp)
+    rd.manifest_path.write_text("{}")
+    run_dir = rd.root
 
-    other = scratch_cli(tmp_path, "run", "--preset", "smoke", "--run-dir", str(run_dir), "-p", "unet_epochs=3", "--quiet")
+    other = cli("run", "--preset", "smoke", "--run-dir", str(run_dir), "-p", "unet_epochs=3", "--quiet")
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert f"error: {run_dir}: holds a run with another parameters unet_epochs" in other.stderr
 
-    preset = scratch_cli(tmp_path, "run", "--preset", "default", "--run-dir", str(run_dir), "--quiet")
+    preset = cli("run", "--preset", "default", "--run-dir", str(run_dir), "--quiet")
     # (the message names the differing parameters when there are any, else the preset)
     assert preset.returncode == 2 and f"error: {run_dir}: holds a run with another " in preset.stderr
+
+    data = cli("run", "--preset", "smoke", "--run-dir", str(run_dir), "--data", str(tmp_path), "--quiet")
+    assert data.returncode == 2 and f"error: {run_dir}: holds a run with another parameters --data" in data.stderr
 
     stranger = tmp_path / "thesis"
     stranger.mkdir()
     (stranger / "chapter1.tex").write_text("precious")
-    alien = scratch_cli(tmp_path, "run", "--preset", "smoke", "--run-dir", str(stranger), "--force", "--quiet")
-    assert alien.returncode == 2 and "holds no run.json" in alien.stderr
+    alien = cli("run", "--preset", "smoke", "--run-dir", str(stranger), "--force", "--quiet")
+    assert alien.returncode == 2 and f"holds no {RunDir.STAMP}" in alien.stderr
     assert (stranger / "chapter1.tex").read_text() == "precious"
-    assert json.loads((run_dir / "run.json").read_text()) == stamp  # nothing rewritten
-    assert (run_dir / "manifest.json").read_text() == "{}"
+    assert rd.read_stamp() == stamp  # nothing rewritten
+    assert rd.manifest_path.read_text() == "{}"

@@ -25,10 +25,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from mrlib.errors import DataError, MrlibError, ParameterError
+from mrlib.rundir import RunDir
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
@@ -85,22 +86,32 @@ def box_csvs(draw):
     return header, rows
 
 
+#: A well-formed annotation file: it must be read, every property test tries it first.
+VALID_BOXES = (list(BOX_HEADER), [["file1000000", "1", "No", "10", "12", "8", "6", "Meniscus Tear"]])
+
+
 @FAST
+@example(spec=VALID_BOXES, shape=(64, 64))
 @given(spec=box_csvs(), shape=st.tuples(st.integers(1, 80), st.integers(1, 80)))
 def test_annotation_csv_is_read_or_refused(spec, shape):
     from mrlib.data.annotations import BOX_COLUMNS, check_boxes_in_image, read_boxes
 
     # inf / 1e400: a known bug, test_annotation_with_an_infinite_coordinate
     assume(not any(_beyond_int64(cell) for row in spec[1] for cell in row))
+    valid = (spec, shape) == (VALID_BOXES, (64, 64))
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "knee.csv"
         _write_csv(p, *spec)
         try:
             df = read_boxes(p, image_height=shape[0])
         except DataError as exc:
+            assert not valid, f"a valid annotation file was refused: {exc}"
             assert exc.where == str(p)
             return
         assert list(df.columns) == list(BOX_COLUMNS)
+        if valid:  # the box as written, its row flipped into image coordinates
+            assert df[["file", "slice", "x", "width", "height"]].values.tolist() == [["file1000000", 1, 10, 8, 6]]
+            assert df.y.tolist() == [64 - 12 - 6]
         assert (df[["slice", "width", "height"]] >= 0).all().all()
         try:
             check_boxes_in_image(df, shape, p)
@@ -152,13 +163,19 @@ def knee_csvs(draw):
     return header, rows
 
 
+#: A well-formed kneeMRI metadata file (the strategy's row before any cell is broken).
+VALID_KNEE = (list(KNEE_COLUMNS), [["0", "1", "1", "0", "2", "2", "1", "3", "3", "1", "vol0.pck"]])
+
+
 @FAST
+@example(spec=VALID_KNEE)
 @given(spec=knee_csvs())
 def test_kneemri_metadata_is_read_or_refused(spec):
     from mrlib.data import kneemri
 
     # numbers beyond int64 (inf, 1e400, 30 digits): a known bug, test_kneemri_roi_overflowing_int64_is_refused
     assume(not any(_beyond_int64(cell) for row in spec[1] for cell in row))
+    valid = spec == VALID_KNEE
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "metadata.csv"
         _write_csv(p, *spec)
@@ -167,8 +184,11 @@ def test_kneemri_metadata_is_read_or_refused(spec):
         try:
             df = kneemri.read_metadata(p)
         except DataError as exc:
+            assert not valid, f"a valid metadata file was refused: {exc}"
             assert exc.where.startswith(d), exc
             return
+        if valid:
+            assert len(df) == 1 and df.aclDiagnosis.tolist() == [1] and df.roiWidth.tolist() == [3]
         assert set(df.aclDiagnosis) <= {0, 1, 2}
         for col in ("roiX", "roiY", "roiZ"):
             assert (df[col] >= 0).all(), (col, df[col].tolist())
@@ -196,12 +216,14 @@ DTYPES = st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.int32, np.i
 
 
 @FAST
+@example(dtype=np.int16, shape=[2, 5, 5], poison=None, protocol=2)  # kneeMRI's own kind: must be read
 @given(dtype=DTYPES, shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
        poison=st.sampled_from([None, np.nan, np.inf, -np.inf]), protocol=st.sampled_from([2, 4, 5]))
 def test_pck_volume_then_prepare_exam(dtype, shape, poison, protocol):
     from mrlib.classifier import prepare_exam
     from mrlib.data import kneemri
 
+    valid = (dtype, shape, poison, protocol) == (np.int16, [2, 5, 5], None, 2)
     arr = np.zeros(shape, dtype)
     if poison is not None and arr.size and np.issubdtype(dtype, np.floating):
         arr.flat[arr.size // 2] = poison
@@ -211,15 +233,20 @@ def test_pck_volume_then_prepare_exam(dtype, shape, poison, protocol):
         try:
             vol = kneemri.load_pck(p)
         except DataError as exc:
+            assert not valid, f"a valid volume was refused: {exc}"
             assert exc.where == str(p)
             return
         assert vol.ndim == 3 and vol.size > 0
+        if valid:
+            np.testing.assert_array_equal(vol, arr)
         try:
             x = prepare_exam(vol, where=str(p), size=32)
         except DataError as exc:
             assert exc.where == str(p) and (poison is not None)
             return
         assert bool(np.isfinite(x.numpy()).all())
+        if valid:
+            assert tuple(x.shape) == (2, 3, 32, 32)
 
 
 # --------------------------------------------------------------------------- MRNet-v1.0 .npy
@@ -232,20 +259,27 @@ def _mrnet_root(d: Path) -> Path:
 
 
 @FAST
+@example(dtype=np.uint8, shape=[2, 4, 4], fortran=False)  # MRNet-v1.0's own kind: must be read
 @given(dtype=DTYPES, shape=st.lists(st.integers(0, 4), min_size=0, max_size=4), fortran=st.booleans())
 def test_npy_exam_is_uint8_rank3_or_refused(dtype, shape, fortran):
     from mrlib.data import mrnet
 
+    valid = (dtype, shape, fortran) == (np.uint8, [2, 4, 4], False)
     with tempfile.TemporaryDirectory() as d:
         root = _mrnet_root(Path(d))
         arr = np.zeros(shape, dtype)
+        if arr.size:
+            arr.flat[:] = np.arange(arr.size) % 2  # not all zeros: the values must come through
         np.save(root / "train" / "sagittal" / "0000.npy", np.asfortranarray(arr) if fortran else arr)
         try:
             exam = mrnet.load_exam(root, "train", "sagittal", "0000")
         except DataError as exc:
+            assert not valid, f"a valid exam was refused: {exc}"
             assert "0000.npy" in exc.where
             return
         assert exam.dtype == np.uint8 and exam.ndim == 3 and exam.size
+        if valid:
+            np.testing.assert_array_equal(exam, arr)
 
 
 @pytest.mark.parametrize("shape", [(10**9, 256, 256), (2**62, 1, 1), (3, -1, 256)])
@@ -281,6 +315,8 @@ def _heatmap_file(path: Path, maps: np.ndarray, scores: np.ndarray | None = None
 
 
 @FAST
+@example(shape=[2, 3, 3], dtype=np.float32, expect=None, method="gradcam", stem="file1000000")
+@example(shape=[2, 3, 3], dtype=np.float32, expect=(2, 3, 3), method="GradCAM ", stem="file1000000.h5")
 @given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
        dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int16, np.uint8]),
        expect=st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4))),
@@ -289,15 +325,22 @@ def _heatmap_file(path: Path, maps: np.ndarray, scores: np.ndarray | None = None
 def test_heatmap_file_is_read_or_refused(shape, dtype, expect, method, stem):
     from mrlib.cam import read_heatmaps
 
+    # a rank-3 numeric map of a file stem the file holds, of the expected geometry, is read
+    valid = len(shape) == 3 and stem.removesuffix(".h5") == "file1000000" and method.strip().lower() == "gradcam" \
+        and expect in (None, tuple(shape))
+    values = (np.arange(int(np.prod(shape))) % 3).reshape(shape).astype(dtype)
     with tempfile.TemporaryDirectory() as d:
-        p = _heatmap_file(Path(d) / "heatmaps.h5", np.zeros(shape, dtype))
+        p = _heatmap_file(Path(d) / "heatmaps.h5", values)
         kw = dict(n_slices=expect[0], shape=expect[1:]) if expect else {}
         try:
             maps, scores = read_heatmaps(p, method, stem, **kw)
         except DataError as exc:
+            assert not valid, f"a valid heatmap file was refused: {exc}"
             assert exc.where == str(p)
             return
+        assert valid, "an invalid heatmap request was accepted"
         assert maps.dtype == np.float32 and maps.ndim == 3 and scores.shape == (maps.shape[0],)
+        np.testing.assert_array_equal(maps, values.astype(np.float32))
         if expect:
             assert maps.shape == expect
 
@@ -402,9 +445,9 @@ def fast_cli(tmp_path_factory):
         os.chdir(cwd)
 
 
-# run_dir, data_dir and preset are left out: ``-p run_dir=X`` replaces --run-dir unresolved (see the report)
+# run_dir, data_dir and preset are set by --run-dir, --data and --preset: -p refuses them
 NAMES = st.one_of(st.sampled_from(["seed", "unet_epochs", "alpha", "variants", "accelerations", "interactive",
-                                   "pretrained", "device", "mrnet_lr", "methods"]),
+                                   "pretrained", "device", "mrnet_lr", "methods", "run_dir", "data_dir", "preset"]),
                   st.text(string.ascii_letters + string.digits + "_-. ", min_size=0, max_size=10))
 VALUES = st.one_of(st.sampled_from(["1", "-1", "1.5", "True", "None", "[4, 8]", "['a']", "{'a': 1}", "(1,",
                                     "__import__('os').system('touch PWNED')", "1e999", "nan", "", "=", "'x'"]),
@@ -417,20 +460,19 @@ VALUES = st.one_of(st.sampled_from(["1", "-1", "1.5", "True", "None", "[4, 8]", 
 def test_run_parameters_are_checked_before_anything_runs(fast_cli, tmp_path_factory, capsys, preset, name, value, sep):
     from mrlib.__main__ import main
 
-    assume(name.strip() not in ("run_dir", "data_dir", "preset"))
     capsys.readouterr()  # the fixture lives across examples: drop what earlier ones printed
     run_dir = tmp_path_factory.mktemp("fuzz_run") / "run"
     try:
         code = main(["run", "--preset", preset, "--run-dir", str(run_dir), "--quiet", "-p", f"{name}{sep}{value}"])
     except fast_cli:
-        assert (run_dir / "run.json").is_file()  # a valid request: the stamp is written, then notebooks run
+        assert RunDir(run_dir).stamp.is_file()  # a valid request: the stamp is written, then notebooks run
         return
     except SystemExit as exc:  # argparse's own usage error
         assert exc.code == 2
         return
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
-    assert not (run_dir / "run.json").exists() and not (run_dir / "data").exists()
+    assert not RunDir(run_dir).stamp.exists() and not RunDir(run_dir).default_data.exists()
     assert not Path("PWNED").exists()
 
 
@@ -442,12 +484,17 @@ def test_run_parameters_are_checked_before_anything_runs(fast_cli, tmp_path_fact
     (["run", "--preset", "smoke", "-p", "interactive=1"], "parameter interactive"),
     (["run", "--preset", "smoke", "-p", "no_such_thing=1"], "-p no_such_thing"),
     (["run", "--preset", "smoke", "-p", "9lives=1"], "-p 9lives=1"),
-    (["synth", "--preset", "nope", "--out", "x"], "--preset"),
+    (["run", "--preset", "smoke", "-p", "run_dir=elsewhere"], "-p run_dir"),
+    (["run", "--preset", "smoke", "-p", "data_dir=elsewhere"], "-p data_dir"),
+    (["run", "--preset", "smoke", "-p", "preset=full"], "-p preset"),
+    (["synth", "--preset", "nope", "--data", "x"], "--preset"),
+    (["params", "--preset", "smoke", "-p", "seed=x"], "parameter seed"),
+    (["train", "--variant", "nope"], "variants"),
 ])
 def test_cli_errors_name_what_is_wrong(fast_cli, tmp_path, capsys, argv, where):
     from mrlib.__main__ import main
 
-    argv = [*argv, "--run-dir", str(tmp_path / "run")] if argv[0] == "run" else argv
+    argv = [*argv, "--run-dir", str(tmp_path / "run")] if argv[0] in ("run", "train") else argv
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {where}"), err

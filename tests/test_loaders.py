@@ -441,4 +441,10 @@ def test_check_data_dir_clean(tmp_path):
     write_h5(tmp_path / "fastmri" / "multicoil_val" / "m.h5", coils=2)
     report = check_data_dir(tmp_path)
     assert report.ok, report.problems
-    assert "no problems found" in report.format()
+    # what was found, not only that nothing was wrong
+    assert report.found["fastmri"]["multicoil_val"] == {
+        "files": 1, "bad_files": 0, "slices": 3, "kspace_shapes": {"2x32x24": 1}, "target_shapes": {"16x16": 1},
+        "acquisitions": {"CORPD_FBK": 1}}
+    text = report.format()
+    assert "multicoil_val: 1 file(s) ok, 3 slice(s)" in text
+    assert "no problems found" in text

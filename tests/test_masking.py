@@ -1,12 +1,16 @@
 """mrlib.masking: fastMRI's masks, applied in batches, and the zero-filled baseline."""
 
+import json
+
+import fastmri
 import numpy as np
 import pytest
 import torch
 from fastmri.data import transforms as T
 
 from mrlib import masking
-from mrlib.errors import ParameterError
+from mrlib.errors import DataError, ParameterError
+from mrlib.rundir import RunDir
 
 
 def _kspace(batch=3, rows=32, cols=24, coils=None, seed=0):
@@ -31,11 +35,16 @@ def test_batch_equals_fastmri_apply_mask_per_slice(mask_type):
 def test_multicoil_masks_broadcast_over_coils():
     k = _kspace(batch=2, coils=3)
     masked, masks = masking.mask_batch(k, masking.MaskSpec().mask_func(4), [0, 1])
+    assert masks.shape == (2, 1, k.shape[3], 1)  # one mask per slice, broadcast over coils and rows
     dropped = masks[:, 0, :, 0] == 0
-    assert dropped.any()
+    assert dropped.any() and (~dropped).any()
+    assert masks.mean().item() == pytest.approx(1 / 4, abs=0.05)
     for b in range(2):
         assert torch.all(masked[b][..., dropped[b], :] == 0)
         assert torch.equal(masked[b][..., ~dropped[b], :], k[b][..., ~dropped[b], :])
+        # fastMRI's apply_mask handles the coil dimension itself: the reference
+        ref, _, _ = T.apply_mask(k[b], masking.MaskSpec().mask_func(4), seed=b)
+        torch.testing.assert_close(masked[b], ref)
 
 
 def test_sampling_rate_follows_acceleration():
@@ -64,9 +73,16 @@ def test_zero_filled_is_magnitude_of_centre_crop_of_inverse_fft():
 
 
 def test_zero_filled_multicoil_is_root_sum_of_squares():
-    k = _kspace(batch=1, coils=3, rows=16, cols=12)
-    per_coil = torch.stack([masking.zero_filled(k[:, c], (8, 8)) for c in range(3)], dim=1)
-    torch.testing.assert_close(masking.zero_filled(k, (8, 8)), per_coil.pow(2).sum(1).sqrt())
+    k = _kspace(batch=2, coils=3, rows=16, cols=12)
+    out = masking.zero_filled(k, (8, 8))
+    # numpy: per coil, the centred inverse FFT cropped to 8 x 8; then the root sum of squares
+    kc = k[..., 0].numpy() + 1j * k[..., 1].numpy()
+    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kc, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    want = np.sqrt((np.abs(img[..., 4:12, 2:10]) ** 2).sum(axis=1))
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+    # and fastMRI's own functions agree
+    ref = fastmri.rss(fastmri.complex_abs(T.complex_center_crop(fastmri.ifft2c(k), (8, 8))), dim=1)
+    torch.testing.assert_close(out, ref)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +109,17 @@ def test_acceleration_the_mask_cannot_make():
 
 def test_spec_round_trips_through_dict():
     spec = masking.MaskSpec("equispaced", (4, 8), (0.08, 0.04))
-    assert masking.MaskSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict() == {"mask_type": "equispaced", "accelerations": [4, 8], "center_fractions": [0.08, 0.04]}
+    assert masking.MaskSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ParameterError):
         spec.center_fraction(6)
+
+
+def test_run_dir_writes_and_reads_the_spec(tmp_path):
+    rd = RunDir(tmp_path)
+    with pytest.raises(DataError, match="02_masking"):
+        rd.read_mask_spec()
+    spec = masking.MaskSpec("equispaced", (4, 8), (0.08, 0.04))
+    assert rd.write_mask_spec(spec, seed=3) == rd.masking_path
+    assert json.loads(rd.masking_path.read_text()) == {**spec.to_dict(), "seed": 3}
+    assert rd.read_mask_spec() == spec

@@ -10,6 +10,7 @@ from mrlib import classifier
 from mrlib.errors import DataError, MrlibError, ParameterError
 from mrlib.metrics import bootstrap_auc_ci, roc_auc
 from mrlib.models import MRNet, SeedUnet, count_parameters, fastmri_unet
+from mrlib.rundir import CheckpointDir
 from mrlib.train import fit, load_weights, save_checkpoint
 
 
@@ -31,8 +32,17 @@ def test_mrnet_scores_each_slice_and_takes_the_max_of_features():
         per_slice = model.slice_logits(x)
         exam = model(x)
         feats = model.slice_features(x)
+        singles = [model(x[i : i + 1]) for i in range(5)]
+        shuffled = model(x.flip(0))
     assert per_slice.shape == (5, 1) and exam.shape == (1,)
     torch.testing.assert_close(exam, model.classifier(feats.max(0).values))
+    # a one-slice exam scores as that slice's own logit ...
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(single, per_slice[i])
+    # ... and the order of the slices does not matter
+    torch.testing.assert_close(shuffled, exam)
+    # the max of the features is not the max of the slice logits (here they differ)
+    assert abs(exam.item() - per_slice.max().item()) > 1e-4
 
 
 def test_exam_with_zero_slices_is_refused():
@@ -127,8 +137,9 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     for p, q in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
     assert h1 == h2
-    assert json.loads((tmp_path / "b" / "history.json").read_text()) == h2
-    assert (tmp_path / "b" / "best.pt").is_file() and not list(tmp_path.rglob("*.part"))
+    ckpts = CheckpointDir(tmp_path / "b")
+    assert json.loads(ckpts.history.read_text()) == h2 == ckpts.read_history()
+    assert ckpts.best.is_file() and not list(tmp_path.rglob("*.part"))
 
 
 def test_resume_with_other_parameters_is_refused(tmp_path):

@@ -2,14 +2,14 @@
 
 import ast
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mrlib import pipeline
+import conftest
+from mrlib import pipeline, rundir
 from mrlib.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,14 +17,27 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mrlib", *args], capture_output=True, text=True, cwd=cwd)
+    return conftest.cli(*args, cwd=cwd, timeout=300)
+
+
+def _toc_files(entries):
+    for entry in entries or []:
+        if "file" in entry:
+            yield entry["file"]
+        yield from _toc_files(entry.get("chapters"))
+        yield from _toc_files(entry.get("sections"))
 
 
 def test_every_chapter_is_a_notebook_in_the_toc():
-    toc = (ROOT / "_toc.yml").read_text()
-    assert [p.stem for p in NOTEBOOKS] == list(pipeline.NOTEBOOKS)
-    for nb in pipeline.NOTEBOOKS:
-        assert f"book/notebooks/{nb}" in toc
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = list(_toc_files(toc["parts"]))
+    assert [p.stem for p in NOTEBOOKS] == list(rundir.NOTEBOOKS)
+    chapters = [f for f in files if f.startswith("book/notebooks/")]
+    assert chapters == [f"book/notebooks/{nb}" for nb in rundir.NOTEBOOKS]  # every one, in the order they run
+    # the run's book keeps that layout: the runner writes each executed notebook where the toc points
+    rd = rundir.RunDir(Path("run"))
+    for nb in rundir.NOTEBOOKS:
+        assert rd.executed(nb) == rd.book / f"book/notebooks/{nb}.ipynb"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -87,7 +100,8 @@ def test_real_data_preset_needs_a_data_directory():
 def test_cli_help_lists_every_command():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("synth", "check-data", "run", "book"):
+    for command in ("synth", "check-data", "run", "book", "params", "evaluate", "compare", "variants", "bench",
+                    "train"):
         assert command in out.stdout
         assert cli(command, "--help").returncode == 0
 
@@ -98,23 +112,53 @@ def test_cli_help_lists_every_command():
         (["run", "--preset", "huge"], "unknown preset 'huge'"),
         (["run", "--preset", "smoke", "-p", "bogus=1"], "-p bogus"),
         (["run", "--preset", "smoke", "-p", "seed=x"], "parameter seed"),
-        (["synth", "--preset", "nope", "--out", "x"], "unknown preset"),
+        (["run", "--preset", "smoke", "-p", "run_dir=x"], "set it with --run-dir"),
+        (["synth", "--preset", "nope", "--data", "{tmp}/x"], "unknown preset"),
         (["check-data", "does/not/exist"], "does/not/exist"),
+        (["params", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--run-dir", "{tmp}/run"], "manifest.json: missing; notebook 01_data"),
+        (["train", "--run-dir", "{tmp}/run", "--variant", "bogus"], "unknown variant 'bogus'"),
+        (["train", "--run-dir", "{tmp}/run", "--variant", "oracle[beta=1]"], "oracle takes no parameter beta"),
+        (["train", "--run-dir", "{tmp}/run", "--data", "{tmp}/nothing"], "data directory does not exist"),
+        (["evaluate", "{tmp}/run"], "runs.json: missing; notebook 05_weighted_unet"),
     ],
 )
 def test_cli_errors_are_one_clear_line(args, message, tmp_path):
-    out = cli(*args)
-    assert out.returncode != 0
+    out = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []  # a refused command writes nothing
+
+
+def test_cli_usage_errors_name_the_new_flags(tmp_path):
+    out = cli("train", "--run-dir", str(tmp_path / "run"), "--unet-epochs", "x")
+    assert out.returncode == 2 and "argument --unet-epochs: invalid int value: 'x'" in out.stderr
+    out = cli("train", "--out", str(tmp_path / "run"))  # the old flag is gone: --run-dir is required
+    assert out.returncode == 2 and "--run-dir" in out.stderr
+    out = cli("synth", "--out", str(tmp_path / "x"))  # renamed to --data
+    assert out.returncode == 2 and "--data" in out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_bars_are_hidden_in_headless_runs(monkeypatch):
     from mrlib.runtime import HEADLESS_ENV, progress_bar
 
+    class Terminal:
+        def isatty(self):
+            return True
+
+    class Log:
+        def isatty(self):
+            return False
+
     monkeypatch.delenv(HEADLESS_ENV, raising=False)
-    assert not progress_bar(range(3)).disable
+    monkeypatch.setattr(sys, "__stderr__", Terminal())
+    assert not progress_bar(range(3)).disable  # a terminal: bars
     assert progress_bar(range(3), progress=False).disable
     monkeypatch.setenv(HEADLESS_ENV, "1")
-    assert progress_bar(range(3)).disable
+    assert progress_bar(range(3)).disable  # the runner's headless kernels: no bars, even in a terminal
+    monkeypatch.delenv(HEADLESS_ENV)
+    monkeypatch.setattr(sys, "__stderr__", Log())
+    assert progress_bar(range(3)).disable  # a log: plain lines, no bars

@@ -1,11 +1,14 @@
 """The batched U-Net data path equals fastMRI's UnetDataTransform, and reconstruction runs."""
 
+import fastmri
 import numpy as np
 import pytest
 import torch
+from fastmri.data import transforms as T
 from fastmri.data.transforms import UnetDataTransform
 
 from mrlib.data import fastmri_h5, synth
+from mrlib.data.fastmri_h5 import read_volume
 from mrlib.masking import MaskSpec, file_seed
 from mrlib.models import SeedUnet
 from mrlib.recon import SliceBank, reconstruct, zero_filled_volume
@@ -37,13 +40,47 @@ def test_batched_path_equals_unet_data_transform(data):
         torch.testing.assert_close(got.std[j], ref.std, rtol=1e-5, atol=1e-9)
 
 
+class _Scale(torch.nn.Module):
+    """``x * w``: with ``w = 1`` the identity, with ``w = 0`` a network that outputs zeros."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((), float(w)))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def test_zero_filled_volume_is_fastmris_masked_inverse_fft(data):
+    path = fastmri_h5.list_volumes(data / "fastmri" / "singlecoil_test")[0]
+    bank = SliceBank([path])
+    func = MaskSpec().mask_func(4)
+    zf = zero_filled_volume(bank, path.stem, func)
+    kspace, target, _ = read_volume(path)
+    want = np.stack([
+        fastmri.complex_abs(T.complex_center_crop(
+            fastmri.ifft2c(T.apply_mask(T.to_tensor(kspace[s]), func, seed=file_seed(path.name))[0]),
+            target.shape[-2:])).numpy()
+        for s in range(kspace.shape[0])
+    ])
+    np.testing.assert_allclose(zf, want, rtol=1e-5, atol=1e-6 * float(want.max()))
+    # the fixed per-file mask: the same baseline twice
+    np.testing.assert_array_equal(zf, zero_filled_volume(bank, path.stem, func))
+
+
 def test_reconstruct_returns_target_units_and_time(data):
     bank = SliceBank(fastmri_h5.list_volumes(data / "fastmri" / "singlecoil_test"))
     stem = next(iter(bank.volumes))
     func = MaskSpec().mask_func(4)
-    recon, seconds = reconstruct(SeedUnet(), bank, stem, func, batch_size=2)
-    assert recon.shape == tuple(bank.target[bank.volumes[stem]].shape) and seconds > 0
     zf = zero_filled_volume(bank, stem, func)
-    assert zf.shape == recon.shape
-    # the fixed per-file mask: the same baseline twice
-    np.testing.assert_array_equal(zf, zero_filled_volume(bank, stem, func))
+    # an identity network gives back its input, un-normalised: the zero-filled image
+    recon, seconds = reconstruct(_Scale(1.0), bank, stem, func, batch_size=2)
+    assert recon.shape == tuple(bank.target[bank.volumes[stem]].shape) == zf.shape and seconds > 0
+    np.testing.assert_allclose(recon, zf, rtol=1e-5, atol=1e-6 * float(zf.max()))
+    # a network that outputs zeros gives each slice's mean (what un-normalising adds back)
+    zeros, _ = reconstruct(_Scale(0.0), bank, stem, func, batch_size=2)
+    np.testing.assert_allclose(zeros, np.broadcast_to(zf.mean(axis=(1, 2), keepdims=True), zf.shape),
+                               rtol=1e-4, atol=1e-6 * float(zf.max()))
+    # and a real network runs on the same volume
+    out, _ = reconstruct(SeedUnet(), bank, stem, func, batch_size=2)
+    assert out.shape == zf.shape and np.isfinite(out).all()

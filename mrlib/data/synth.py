@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import fastmri
 import numpy as np
@@ -43,6 +43,8 @@ from .annotations import flip_y
 __all__ = [
     "ACQUISITIONS",
     "LABELS",
+    "LESION_KINDS",
+    "LesionKind",
     "Lesion",
     "SynthConfig",
     "SynthVolume",
@@ -57,14 +59,6 @@ __all__ = [
 
 ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
 
-#: fastMRI+ label of each lesion kind.
-LABELS = {
-    "meniscus": "Meniscus Tear",
-    "acl": "ACL Tear",
-    "edema": "Bone- Subchondral edema",
-    "cartilage": "Cartilage - Partial Thickness loss/defect",
-}
-_KIND_P = {"meniscus": 0.4, "acl": 0.2, "edema": 0.2, "cartilage": 0.2}
 
 FOV_MM = 140.0  # fastMRI coronal reconstruction field of view (N x N target)
 KNEEMRI_FOV_MM = 150.0  # kneeMRI sagittal field of view
@@ -388,52 +382,48 @@ class _Spec(NamedTuple):
     extra: dict
 
 
-def _lesion_field(spec, k, x, y, z, sdf, sig, edge):
-    """(weight, value) of one lesion on a grid: image := image + w * (value - image)."""
-    s = {t: sig[t] * k["tissue_gain"][t] for t in sig}
-    e_soft = _soft(_ellipsoid(x, y, z, spec.centre, spec.radii), max(edge, 1.5))
-    if spec.kind == "meniscus":
-        region = _soft(sdf["men"] - 1.6, edge)
-        n = spec.extra["normal"]
-        c = spec.centre
-        plane = np.abs((x - c[0]) * n[0] + (y - c[1]) * n[1] + (z - c[2]) * n[2])
-        cleft = _soft(plane - spec.extra["thick"] / 2, edge)
-        outside = 1.0 - _soft(sdf["men"], edge)
-        value = s["degenerate"] + (s["fluid"] - s["degenerate"]) * np.maximum(cleft, 0.8 * outside)
-        return e_soft * region, value
-    if spec.kind == "acl":
-        region = _soft(sdf["acl"] - spec.extra.get("halo", 3.0), edge)
-        value = np.full_like(x, 0.9 * s["fluid"])
-        if spec.extra.get("partial", False):
-            core = _soft(sdf["acl"] + k["acl_r"] * 0.55, edge)
-            value += (s["dark"] - value) * core
-        else:  # interrupted: frayed fragments of intermediate signal
-            c, f = spec.centre, 0.35
-            frag = np.exp(-((x - c[0] - 1.5) ** 2 + (y - c[1] - 2.0) ** 2 + (z - c[2] + 2.5) ** 2) * f)
-            value += (s["degenerate"] - value) * frag  # a retracted stump of intermediate signal
-        return e_soft * region, value
-    if spec.kind == "edema":
-        c, f = spec.centre, spec.extra["wobble"]
-        d = _ellipsoid(x, y, z, c, spec.radii) + 1.6 * np.sin(f[0] * x + f[1] * y + f[2] * z) \
-            + 1.2 * np.sin(f[1] * x - f[2] * y + f[0] * z)
-        ill = _soft(d, 4.0)  # ill-defined border
-        marrow = _soft(sdf["bone"] + k["cortex"] + 0.5, edge)
-        return ill * marrow, np.full_like(x, s["edema"])
-    if spec.kind == "cartilage":
-        d_c = spec.extra["surface_sdf"](sdf)
-        band = np.maximum(-d_c, d_c - (k["cart"] + 1.2))
-        return e_soft * _soft(band, edge), np.full_like(x, s["fluid"])
-    raise ValueError(spec.kind)
+#: name -> lesion kind (an instance), in the order they were defined.
+LESION_KINDS: dict[str, "LesionKind"] = {}
 
 
-def _draw_lesion(kind, k, rng, slice_z, plane_axis="z"):
-    """Place a lesion of ``kind`` so that it crosses the model-plane ``slice_z`` (z)."""
-    L, M = k["L"], k["M"]
-    cy, cz = k["cond_c"]
-    rx, ry, rz = k["cond_r"]
-    dx, ls, T = k["cond_dx"], k["lat_scale"], k["tib_top"]
-    z0 = slice_z
-    if kind == "meniscus":
+class LesionKind:
+    """One kind of synthetic lesion: where it may lie and how it changes the tissue.
+
+    A subclass with a ``name`` registers itself; it gives the fastMRI+ ``label`` its boxes
+    carry, its ``probability`` among the lesions of a volume, :meth:`place` (draw a lesion
+    that crosses one slice plane, or ``None`` if none fits there) and :meth:`field` (its
+    weight and signal on a grid of model coordinates).
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    probability: ClassVar[float] = 0.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            LESION_KINDS[cls.name] = cls()
+
+    def place(self, k: dict, rng: np.random.Generator, z0: float) -> "_Spec | None":
+        raise NotImplementedError
+
+    def field(self, spec: _Spec, k: dict, x, y, z, sdf: dict, s: dict, edge: float, e_soft):
+        """``(weight, value)``: the image becomes ``image + weight * (value - image)``.
+
+        ``s`` holds the subject's tissue signals, ``e_soft`` the soft ellipsoid of the
+        lesion's centre and radii.
+        """
+        raise NotImplementedError
+
+
+class MeniscalTear(LesionKind):
+    name, label, probability = "meniscus", "Meniscus Tear", 0.4
+
+    def place(self, k, rng, z0):
+        L, M = k["L"], k["M"]
+        cz = k["cond_c"][1]
+        rx = k["cond_r"][0]
+        dx, ls, T = k["cond_dx"], k["lat_scale"], k["tib_top"]
         side = M if rng.random() < 0.65 else L
         ax, bz = (rx + 0.5, 23.0) if side == M else (rx * ls + 0.5, 19.0)
         cx = side * dx * (ls if side == L else 1.0)
@@ -446,17 +436,51 @@ def _draw_lesion(kind, k, rng, slice_z, plane_axis="z"):
         tilt = rng.uniform(-0.6, 0.6)
         normal = np.array([side * tilt, 1.0, 0.0]) if rng.random() < 0.6 else np.array([1.0, side * 0.8, 0.0])
         normal /= np.linalg.norm(normal)
-        return _Spec(kind, (xc, yc, z0), (7.0, 5.5, 7.0),
-                     dict(normal=tuple(normal), thick=1.3))
-    if kind == "acl":
+        return _Spec(self.name, (xc, yc, z0), (7.0, 5.5, 7.0), dict(normal=tuple(normal), thick=1.3))
+
+    def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
+        region = _soft(sdf["men"] - 1.6, edge)
+        n = spec.extra["normal"]
+        c = spec.centre
+        plane = np.abs((x - c[0]) * n[0] + (y - c[1]) * n[1] + (z - c[2]) * n[2])
+        cleft = _soft(plane - spec.extra["thick"] / 2, edge)
+        outside = 1.0 - _soft(sdf["men"], edge)
+        value = s["degenerate"] + (s["fluid"] - s["degenerate"]) * np.maximum(cleft, 0.8 * outside)
+        return e_soft * region, value
+
+
+class ACLTear(LesionKind):
+    name, label, probability = "acl", "ACL Tear", 0.2
+
+    def place(self, k, rng, z0):
         a, b = k["acl"]
         if not (min(a[2], b[2]) + 4 < z0 < max(a[2], b[2]) - 4):
             return None
         t = (z0 - a[2]) / (b[2] - a[2])
         p = tuple(a[i] + t * (b[i] - a[i]) for i in range(3))
         r = rng.uniform(6.0, 7.5)
-        return _Spec(kind, p, (r, r, r), dict(partial=bool(rng.random() < 0.4)))
-    if kind == "edema":
+        return _Spec(self.name, p, (r, r, r), dict(partial=bool(rng.random() < 0.4)))
+
+    def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
+        region = _soft(sdf["acl"] - spec.extra.get("halo", 3.0), edge)
+        value = np.full_like(x, 0.9 * s["fluid"])
+        if spec.extra.get("partial", False):
+            core = _soft(sdf["acl"] + k["acl_r"] * 0.55, edge)
+            value += (s["dark"] - value) * core
+        else:  # interrupted: frayed fragments of intermediate signal
+            c, f = spec.centre, 0.35
+            frag = np.exp(-((x - c[0] - 1.5) ** 2 + (y - c[1] - 2.0) ** 2 + (z - c[2] + 2.5) ** 2) * f)
+            value += (s["degenerate"] - value) * frag  # a retracted stump of intermediate signal
+        return e_soft * region, value
+
+
+class BoneMarrowEdema(LesionKind):
+    name, label, probability = "edema", "Bone- Subchondral edema", 0.2
+
+    def place(self, k, rng, z0):
+        L = k["L"]
+        cy, cz = k["cond_c"]
+        dx, ls, T = k["cond_dx"], k["lat_scale"], k["tib_top"]
         if rng.random() < 0.7:  # lateral femoral condyle
             if not (cz - 20 < z0 < cz + 16):
                 return None
@@ -466,8 +490,25 @@ def _draw_lesion(kind, k, rng, slice_z, plane_axis="z"):
                 return None
             c = (L * rng.uniform(14, 24), T - 10.0 + rng.uniform(-2, 2), z0)
         radii = (rng.uniform(7, 10), rng.uniform(5.5, 8), rng.uniform(6, 9))
-        return _Spec(kind, c, radii, dict(wobble=tuple(rng.uniform(0.15, 0.35, 3))))
-    if kind == "cartilage":
+        return _Spec(self.name, c, radii, dict(wobble=tuple(rng.uniform(0.15, 0.35, 3))))
+
+    def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
+        c, f = spec.centre, spec.extra["wobble"]
+        d = _ellipsoid(x, y, z, c, spec.radii) + 1.6 * np.sin(f[0] * x + f[1] * y + f[2] * z) \
+            + 1.2 * np.sin(f[1] * x - f[2] * y + f[0] * z)
+        ill = _soft(d, 4.0)  # ill-defined border
+        marrow = _soft(sdf["bone"] + k["cortex"] + 0.5, edge)
+        return ill * marrow, np.full_like(x, s["edema"])
+
+
+class CartilageDefect(LesionKind):
+    name, label, probability = "cartilage", "Cartilage - Partial Thickness loss/defect", 0.2
+
+    def place(self, k, rng, z0):
+        L, M = k["L"], k["M"]
+        cy, cz = k["cond_c"]
+        rx, ry, rz = k["cond_r"]
+        dx, ls, T = k["cond_dx"], k["lat_scale"], k["tib_top"]
         side = M if rng.random() < 0.6 else L
         if rng.random() < 0.7:  # femoral condyle, weight-bearing surface
             cx = side * dx * (ls if side == L else 1.0)
@@ -478,19 +519,37 @@ def _draw_lesion(kind, k, rng, slice_z, plane_axis="z"):
                 return None
             ys = (cy + (1.0 if side == L else 0.0)) - rys * math.sqrt(1.0 - q)
             centre = (xx, ys - 0.5 * k["cart"], z0)
-
-            def surface(sdf):
-                return sdf["fem"]
+            surface = "fem"
         else:  # tibial plateau
             if abs(z0 - cz) > 20:
                 return None
             centre = (side * rng.uniform(16, 24), T + 0.5 * k["cart"], z0)
-
-            def surface(sdf):
-                return sdf["tib"]
+            surface = "tib"
         along = rng.uniform(10.0, 13.0)
-        return _Spec(kind, centre, (along, 4.0, 8.0), dict(surface_sdf=surface))
-    raise ValueError(kind)
+        return _Spec(self.name, centre, (along, 4.0, 8.0), dict(surface=surface))
+
+    def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
+        d_c = sdf[spec.extra["surface"]]
+        band = np.maximum(-d_c, d_c - (k["cart"] + 1.2))
+        return e_soft * _soft(band, edge), np.full_like(x, s["fluid"])
+
+
+#: fastMRI+ label of each lesion kind.
+LABELS = {name: kind.label for name, kind in LESION_KINDS.items()}
+
+
+def _lesion_field(spec, k, x, y, z, sdf, sig, edge):
+    """(weight, value) of one lesion on a grid: image := image + w * (value - image)."""
+    s = {t: sig[t] * k["tissue_gain"][t] for t in sig}
+    e_soft = _soft(_ellipsoid(x, y, z, spec.centre, spec.radii), max(edge, 1.5))
+    return LESION_KINDS[spec.kind].field(spec, k, x, y, z, sdf, s, edge, e_soft)
+
+
+def _draw_lesion(kind, k, rng, slice_z):
+    """Place a lesion of ``kind`` so that it crosses the model-plane ``slice_z`` (z)."""
+    if kind not in LESION_KINDS:
+        raise ValueError(kind)
+    return LESION_KINDS[kind].place(k, rng, slice_z)
 
 
 # ------------------------------------------------------------------------- rendering
@@ -654,7 +713,8 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
 
     # lesions: kinds (distinct), each placed to cross a chosen slice
     n_les = int(rng.choice(4, p=[0.2, 0.35, 0.3, 0.15]))
-    kinds = list(rng.choice(list(_KIND_P), size=n_les, replace=False, p=list(_KIND_P.values())))
+    kinds = list(rng.choice(list(LESION_KINDS), size=n_les, replace=False,
+                            p=[kind.probability for kind in LESION_KINDS.values()]))
     specs = []
     for kind in kinds:
         for _ in range(20):

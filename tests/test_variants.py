@@ -1,0 +1,138 @@
+"""Families as classes: loss variants (keys, registry, weights), exam sources, boxes.
+
+The extension test defines a new loss variant as one class here and trains it for one
+epoch through :func:`mrlib.unet.train_run`, the function notebook 05 calls, with no file
+of mrlib changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mrlib import classifier, variants
+from mrlib.config import UnetConfig
+from mrlib.data.boxes import Box, as_boxes, boxes_mask, crop_around, random_boxes, window
+from mrlib.errors import ParameterError
+from mrlib.masking import MaskSpec
+from mrlib.recon import load_bank
+from mrlib.rundir import RunDir
+from mrlib.unet import train_run
+from mrlib.variants import LossVariant, WeightContext, make_variant, parse_key
+
+
+class Centre(LossVariant):
+    """A variant defined outside mrlib: up-weight a centred square of every slice."""
+
+    name = "centre-test"
+    description = "MSE up-weighted in the middle quarter of every slice (a test of extension)"
+    params = {"alpha": 4.0}
+
+    def weights(self, bank, context):
+        h, w = bank.crop
+        weights = torch.ones(len(bank), h, w)
+        weights[:, h // 4: 3 * h // 4, w // 4: 3 * w // 4] += self.values["alpha"]
+        return weights
+
+
+def test_a_new_variant_is_one_class_and_trains_through_notebook_05s_function(synth_data, tmp_path):
+    assert variants.REGISTRY["centre-test"] is Centre
+    splits = {s: sorted((synth_data / "fastmri" / f"singlecoil_{s}").glob("*.h5")) for s in ("train", "val")}
+    banks = {s: load_bank(p, "cpu") for s, p in splits.items()}
+    run = RunDir(tmp_path / "run")
+    cfg = UnetConfig(variant="centre-test[alpha=9]", unet_epochs=1, chans=4, pools=1)
+    config, history = train_run(banks, MaskSpec(), cfg, run, WeightContext(), progress=False)
+
+    assert config["variant"] == "centre-test[alpha=9]" and config["alpha"] == 9.0 and config["loss"] == "weighted_mse"
+    assert len(history) == 1 and run.unet_run("centre-test[alpha=9]", 0).best.is_file()
+    assert [(r["variant"], r["seed"]) for r in run.read_registry()] == [("centre-test[alpha=9]", 0)]
+    # the weights were used: the variant's own validation loss is not the plain MSE
+    assert history[0]["val_loss"] != pytest.approx(history[0]["val_mse"], rel=1e-6)
+
+
+def test_keys_name_the_class_and_the_parameters_that_differ():
+    assert make_variant("oracle").key == "oracle"
+    assert make_variant("oracle", {"alpha": 4.0, "chans": 8}).key == "oracle"  # other names are ignored
+    assert make_variant("oracle", {"alpha": 16}).key == "oracle[alpha=16]"
+    assert make_variant("oracle[alpha=50]", {"alpha": 16}).key == "oracle[alpha=50]"  # the key wins
+    assert make_variant("oracle[alpha=2.5]").values == {"alpha": 2.5}
+    key = make_variant("gradcam[cam_method=layercam, alpha=8]").key
+    assert key == "gradcam[alpha=8,cam_method=layercam]"  # canonical: the class's parameter order
+    assert make_variant(key).key == key
+    assert parse_key("random[alpha=3]") == ("random", {"alpha": 3})
+    for name in ("unweighted", "gradcam", "oracle", "random", "l1"):  # today's names stay valid
+        assert make_variant(name).key == name
+
+
+@pytest.mark.parametrize("key, message", [
+    ("dcgan", "unknown variant 'dcgan'"),
+    ("oracle[beta=2]", "takes no parameter beta"),
+    ("oracle[alpha=big]", "alpha must be float"),
+    ("oracle[alpha]", "name=value"),
+    ("oracle alpha=2", "not a variant key"),
+])
+def test_bad_keys_are_refused_with_the_reason(key, message):
+    with pytest.raises(ParameterError, match=message):
+        make_variant(key)
+
+
+def test_loss_and_recorded_loss_of_each_variant():
+    pred, target = torch.rand(2, 8, 8), torch.rand(2, 8, 8)
+    assert make_variant("l1").loss(pred, target, None) == pytest.approx(torch.nn.functional.l1_loss(pred, target).item())
+    assert make_variant("unweighted").loss(pred, target, None) == pytest.approx(torch.mean((pred - target) ** 2).item())
+    assert [make_variant(n).loss_name for n in ("unweighted", "l1", "oracle")] == ["mse", "l1", "weighted_mse"]
+
+
+class _Bank:
+    """The two slices a variant needs to know: their files, slice numbers and image size."""
+
+    files = ["file1", "file1", "file2"]
+    slice_nums = np.array([0, 1, 0])
+    crop = (16, 20)
+
+    def __len__(self):
+        return 3
+
+
+BOXES = pd.DataFrame([dict(file="file1", slice=1, x=2, y=3, width=4, height=5, label="tear")])
+
+
+def test_oracle_weights_the_true_boxes_and_random_the_same_area_elsewhere():
+    oracle = make_variant("oracle[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=0))
+    assert oracle.shape == (3, 16, 20)
+    assert torch.all(oracle[[0, 2]] == 1)  # slices without a box weigh 1
+    assert torch.all(oracle[1, 3:8, 2:6] == 4) and oracle[1].sum() == 16 * 20 + 3 * 4 * 5
+    rand = make_variant("random[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=0))
+    again = make_variant("random[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=0))
+    other = make_variant("random[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=1))
+    assert torch.equal(rand, again) and rand[1].sum() == oracle[1].sum()  # deterministic, same area
+    assert not torch.equal(rand, other)  # the seed moves the boxes
+    with pytest.raises(Exception, match="lesion boxes"):
+        make_variant("oracle").weights(_Bank(), WeightContext())
+
+
+def test_exam_sources_are_a_registry():
+    assert set(classifier.SOURCES) == {"kneemri", "mrnet"}
+    with pytest.raises(ParameterError, match="unknown classifier data 'nope'; use one of kneemri, mrnet"):
+        classifier.load_exams({}, source="nope")
+    with pytest.raises(ParameterError, match="tasks acl, acl_complete, not 'meniscus'"):
+        classifier.KneeMRISource().check_task("meniscus")
+
+
+def test_box_is_one_validated_type():
+    assert Box.of((1, 2, 3, 4, "tear")) == Box(1, 2, 3, 4, "tear") and Box.of([1.0, 2, 3, 4]).label == ""
+    for bad, message in [((1, 2, 3), "x, y, width, height"), ((1, 2, -3, 4), "negative"), (("a", 2, 3, 4), "integer")]:
+        with pytest.raises(ParameterError, match=message):
+            Box.of(bad)
+    assert Box(-2, 1, 5, 3).clip((4, 6)) == (1, 4, 0, 3)  # cut at the image edge
+    assert Box(10, 10, 2, 2).clip((4, 6)) is None
+    mask = boxes_mask((4, 6), [(-2, 1, 5, 3), Box(5, 0, 4, 1)])
+    assert mask.sum() == 3 * 3 + 1 and mask[0, 5] and not mask[0, 0]
+    assert window((0, 0, 2, 2), (40, 48), 7) == (0, 7, 0, 7)
+    assert window((46, 38, 2, 2), (40, 48), 7) == (33, 40, 41, 48)
+    rows, cols = crop_around((30, 5, 4, 4), (40, 48), size=24)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (24, 24) and cols.stop == 44
+    moved = random_boxes(as_boxes([(0, 0, 3, 2)]), (10, 10), np.random.default_rng(0))
+    assert [(b.width, b.height) for b in moved] == [(3, 2)] and 0 <= moved[0].x <= 7 and 0 <= moved[0].y <= 8
