@@ -33,7 +33,7 @@ from .pipeline import build_book, flat_parameters, preset_parameters, run
 from .presets import PRESETS, get_preset
 from .rundir import RunDir
 from .unet import train_command
-from .variants import variant_table
+from .variants import make_variant, variant_table
 
 
 def _default_run_dir(args: argparse.Namespace) -> Path:
@@ -132,10 +132,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = UnetConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(UnetConfig)})
+    make_variant(cfg.variant, cfg.identity())  # an unknown variant fails before anything is written
     try:
         if args.data is not None:
             _prepare_run_dir(RunDir(args.run_dir), args.data, args.accelerations, args.center_fractions)
-        result = train_command(cfg, run_dir=args.run_dir, resume=not args.no_resume, progress=not args.quiet)
+        result = train_command(cfg, args.run_dir, resume=not args.no_resume, progress=not args.quiet)
     except MrlibError as exc:
         if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike; rank 0 says why
             return exc.exit_code
@@ -151,6 +152,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _prepare_run_dir(rd: RunDir, data: str, accelerations, center_fractions) -> None:
     """For ``train --data``: what chapters 1 and 2 would write, if the run directory lacks it
     (rank 0 writes, the others wait for the files)."""
+    if rd.manifest_path.is_file():
+        made_from = Path(rd.read_manifest()["data_dir"])
+        if made_from != Path(data).resolve():
+            raise ParameterError("--data", f"{rd.root} was made from {made_from}, not {data}; "
+                                 "use another --run-dir, or leave out --data")
     if os.environ.get("RANK", "0") == "0":
         if not rd.manifest_path.is_file():
             rd.write_manifest(build_manifest(data))

@@ -5,8 +5,8 @@ resume and extend each other's runs: it resolves the run's loss variant
 (:mod:`mrlib.variants`), trains it with :func:`train_unet` (one plain loop,
 :func:`mrlib.train.fit`), writes its config beside the checkpoints and merges it into the
 run registry (:meth:`mrlib.rundir.RunDir.register_run`). :func:`train_command` is the
-``train`` command: it reads a run directory (or a data directory), loads the banks and
-joins torchrun's process group.
+``train`` command: it reads a run directory, loads the banks and joins torchrun's
+process group.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from torch import nn
 
 from .config import UnetConfig
 from .data import annotations
-from .data.fastmri_h5 import find_splits, list_volumes
 from .distributed import check_shardable, cleanup, init_distributed, shard_range, volume_batches
 from .errors import ParameterError
 from .masking import MaskSpec, file_seed
@@ -206,46 +205,27 @@ def weight_context(rd: RunDir, manifest: dict[str, Any]) -> WeightContext:
 
 def train_command(
     cfg: UnetConfig,
-    run_dir: str | None = None,
-    data: str | None = None,
-    out: str | None = None,
-    accelerations: tuple[int, ...] = (4, 8),
-    center_fractions: tuple[float, ...] = (0.08, 0.04),
+    run_dir: str | Path,
     resume: bool = True,
     progress: bool = True,
 ) -> dict:
     """Train one U-Net run as notebook 05 does, alone or as one rank under ``torchrun``.
 
-    With ``run_dir`` it reads what chapters 1, 2 and 4 wrote (manifest, masking spec,
-    heatmaps) and trains into the run directory exactly as the notebook does. With
-    ``data`` alone it uses the data directory's splits and the masks of
-    ``accelerations``/``center_fractions``, and writes to ``out``.
+    Reads what chapters 1, 2 and 4 wrote in ``run_dir`` (manifest, masking spec, heatmaps)
+    and trains into it exactly as the notebook does (``python -m mrlib train --data``
+    first writes the manifest and masking spec of a new run directory).
 
     Returns the run's config (with ``history`` and where it was written).
     """
-    variant = make_variant(cfg.variant, cfg.identity())  # an unknown variant fails before any work
-    if (run_dir is None) == (data is None):
-        raise ParameterError("--run-dir/--data", "give exactly one: a run directory (notebooks 01-04 ran) "
-                             "or a data directory")
-    if run_dir is not None:
-        rd = RunDir(run_dir)
-        manifest = rd.read_manifest()
-        spec = rd.read_mask_spec()
-        splits = {s: rd.split_paths(s, manifest) for s in ("train", "val") if s in manifest["splits"]}
-        context = weight_context(rd, manifest)
-        target: RunDir | CheckpointDir = CheckpointDir(out) if out else rd
-    else:
-        found = find_splits(data)
-        splits = {s: list_volumes(found[s]) for s in ("train", "val") if s in found}
-        spec = MaskSpec("random", tuple(accelerations), tuple(center_fractions))
-        context = WeightContext()
-        target = CheckpointDir(out or Path("runs") / "train" / variant.key / f"seed{cfg.seed}")
-        if variant.name == "gradcam":
-            raise ParameterError("--variant", "the gradcam variant needs the heatmaps of notebook 04: "
-                                 "pass --run-dir instead of --data")
+    make_variant(cfg.variant, cfg.identity())  # an unknown variant fails before any work
+    rd = RunDir(run_dir)
+    manifest = rd.read_manifest()
+    spec = rd.read_mask_spec()
+    splits = {s: rd.split_paths(s, manifest) for s in ("train", "val") if s in manifest["splits"]}
     for s in ("train", "val"):
         if s not in splits:
             raise ParameterError("data", f"no {s} split to train the U-Net with")
+    context = weight_context(rd, manifest)
 
     # before joining the process group: every rank fails here alike, no rank waits for another
     check_shardable({Path(f).stem: [i] for i, f in enumerate(splits["train"])}, int(os.environ.get("WORLD_SIZE", "1")))
@@ -253,14 +233,10 @@ def train_command(
     try:
         banks = {s: load_bank(p, ctx.device, cfg.storage, verbose=ctx.is_main) for s, p in splits.items()}
         check_shardable(banks["train"].volumes, ctx.world_size)
-        if data is not None:  # the boxes are stored flipped: they need the image height
-            csv = Path(data) / "annotations" / "knee.csv"
-            if csv.is_file():
-                context = WeightContext(boxes=annotations.read_boxes(csv, image_height=banks["train"].crop[0]))
-        config, history = train_run(banks, spec, cfg, target, context, resume=resume, progress=progress, dist=ctx)
+        config, history = train_run(banks, spec, cfg, rd, context, resume=resume, progress=progress, dist=ctx)
         ctx.barrier()
-        where = target.unet_run(config["variant"], cfg.seed).path if isinstance(target, RunDir) else target.path
-        return {**config, "history": history, "out_dir": str(where), "world_size": ctx.world_size,
-                "device": str(ctx.device), "storage": banks["train"].storage_note, "is_main": ctx.is_main}
+        return {**config, "history": history, "out_dir": str(rd.unet_run(config["variant"], cfg.seed).path),
+                "world_size": ctx.world_size, "device": str(ctx.device), "storage": banks["train"].storage_note,
+                "is_main": ctx.is_main}
     finally:
         cleanup()

@@ -96,3 +96,16 @@ def synth_data(tmp_path_factory) -> Path:
     if not (data / "synth.json").is_file():
         generate(data, SynthConfig(**get_preset("smoke")["synth"]), seed=0, progress=False)
     return data
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny single-coil cohort (32 x 32 images, 3 slices, 3 training and 1 validation
+    volumes, no kneeMRI): for the training-loop, fault and distributed tests."""
+    from mrlib.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.getbasetemp() / "tiny_data"
+    if not (out / "synth.json").is_file():
+        generate(out, SynthConfig(image_size=32, n_slices=3, n_train=3, n_val=1, n_test=0, kneemri_exams=0,
+                                  kneemri_slices=1, kneemri_size=32, n_coils=1), seed=0, progress=False)
+    return out

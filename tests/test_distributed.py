@@ -22,12 +22,8 @@ SPEC = MaskSpec("random", (4,), (0.08,))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    cfg = synth.SynthConfig(image_size=32, n_slices=3, n_train=3, n_val=1, n_test=0,
-                            kneemri_exams=2, kneemri_slices=2, kneemri_size=32)  # check-data refuses 0 exams
-    synth.generate(root, cfg, seed=5, progress=False)
-    return root
+def data(tiny_data):
+    return tiny_data
 
 
 def _banks(data):

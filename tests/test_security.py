@@ -19,6 +19,7 @@ import builtins
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import urllib.error
@@ -30,6 +31,7 @@ import pytest
 import torch
 
 from mrlib.errors import MrlibError
+from mrlib.rundir import CheckpointDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,25 +88,26 @@ def test_malicious_checkpoint_never_runs(tmp_path, name, zipfile):
     from mrlib.train import load_checkpoint, load_weights
 
     marker = tmp_path / "PWNED"
-    ckpt = _evil_checkpoint(tmp_path / "last.pt", payloads(marker)[name], zipfile)
+    ckpt = _evil_checkpoint(CheckpointDir(tmp_path).last, payloads(marker)[name], zipfile)
     with pytest.raises(MrlibError) as exc:
         load_checkpoint(ckpt)
     assert exc.value.where == str(ckpt) and "not a readable weights-only checkpoint" in exc.value.problem
-    with pytest.raises(MrlibError, match=r"last\.pt: not a readable weights-only checkpoint"):
+    with pytest.raises(MrlibError, match=re.escape(f"{ckpt}: not a readable weights-only checkpoint")):
         load_weights(torch.nn.Linear(1, 1, bias=False), ckpt)
     assert not marker.exists()
 
 
 def test_malicious_last_checkpoint_is_not_resumed(tmp_path):
-    """``fit(resume=True)`` loads ``last.pt`` through the same weights-only path."""
+    """``fit(resume=True)`` loads the last checkpoint through the same weights-only path."""
     from mrlib.train import fit
 
     marker = tmp_path / "PWNED"
-    _evil_checkpoint(tmp_path / "last.pt", payloads(marker)["os_system"])
+    ckpts = CheckpointDir(tmp_path)
+    _evil_checkpoint(ckpts.last, payloads(marker)["os_system"])
     model = torch.nn.Linear(1, 1)
-    with pytest.raises(MrlibError, match=r"last\.pt: not a readable weights-only checkpoint"):
+    with pytest.raises(MrlibError, match=re.escape(f"{ckpts.last}: not a readable weights-only checkpoint")):
         fit(model, lambda e: [], lambda m, b: m(b).sum(), lambda m: {"val_loss": 0.0},
-            torch.optim.SGD(model.parameters(), lr=0.1), 1, tmp_path, progress=False)
+            torch.optim.SGD(model.parameters(), lr=0.1), 1, ckpts, progress=False)
     assert not marker.exists()
 
 
@@ -112,9 +115,9 @@ def test_a_plain_pickle_named_pt_is_refused(tmp_path):
     from mrlib.train import load_checkpoint
 
     marker = tmp_path / "PWNED"
-    p = tmp_path / "best.pt"
+    p = CheckpointDir(tmp_path).best
     p.write_bytes(pickle.dumps({"model": payloads(marker)["eval"]}, protocol=2))
-    with pytest.raises(MrlibError, match=r"best\.pt: not a readable weights-only checkpoint"):
+    with pytest.raises(MrlibError, match=re.escape(f"{p}: not a readable weights-only checkpoint")):
         load_checkpoint(p)
     assert not marker.exists()
 

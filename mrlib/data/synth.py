@@ -892,7 +892,8 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
             meta_rows.append(row)
             diag_counts[row["aclDiagnosis"]] += 1
             bar.update(1)
-    writers.write_kneemri_metadata(out / "kneemri" / "metadata.csv", meta_rows)
+    if meta_rows:  # no cohort, no kneemri/ (an empty metadata.csv is not a kneeMRI directory)
+        writers.write_kneemri_metadata(out / "kneemri" / "metadata.csv", meta_rows)
 
     summary = dict(
         challenge=challenge, counts=counts, n_boxes=len(box_rows), lesions=lesion_counts,
