@@ -63,7 +63,15 @@ def plain_console() -> bool:
     JupyterLab) keeps its bars."""
     if os.environ.get(HEADLESS_ENV) == "1":
         return True
-    return "ipykernel" not in sys.modules and not (sys.__stderr__ and sys.__stderr__.isatty())
+    return not _in_kernel() and not (sys.__stderr__ and sys.__stderr__.isatty())
+
+
+def _in_kernel() -> bool:
+    """Whether this process is a running Jupyter kernel (a notebook), not a command that
+    merely imported IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 class Heartbeat:
