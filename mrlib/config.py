@@ -99,6 +99,3 @@ class ClassifierConfig(_Config):
     seed: int = _f(0, "seed of the splits, the initial weights and the exam order")
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, mps", identity=False)
 
-
-#: The trained models' configurations, by the notebook that trains them.
-MODEL_CONFIGS = {"03_mrnet": ClassifierConfig, "05_weighted_unet": UnetConfig}

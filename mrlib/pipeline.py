@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .artifacts import write_text
 from .errors import MrlibError, ParameterError
 from .presets import get_preset
-from .rundir import NOTEBOOKS, RunDir
+from .rundir import NOTEBOOKS, RunDir, relative_path
 from .runtime import HEADLESS_ENV
 
 #: Parameters the runner sets itself, from the command's options, not from ``-p``.
@@ -232,10 +232,7 @@ def claim_run_dir(
     """
     run_dir = rd.root
     params = {k: v for k, v in parameters.items() if k not in ("run_dir", "data_dir")}
-    data = ""
-    if data_dir:
-        data = os.path.relpath(Path(data_dir).resolve(), run_dir.resolve()) \
-            if run_dir.resolve() in Path(data_dir).resolve().parents else str(Path(data_dir).resolve())
+    data = relative_path(Path(data_dir).resolve(), run_dir.resolve()) if data_dir else ""
     new = {"preset": preset, "data": data, "parameters": params}
     if force and rd.stamp.is_file():
         shutil.rmtree(run_dir)
@@ -328,10 +325,6 @@ def _kernel_manager_class() -> str:
 
 
 # --------------------------------------------------------------------------- the book
-
-#: The project's book sources copied into each run's book.
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
-
 
 def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
     """Copy the project's pages, ``_config.yml`` and ``_toc.yml`` beside the run's executed

@@ -165,11 +165,11 @@ class RunDir:
         ``data_dir``."""
         m = dict(manifest)
         data = Path(m["data_dir"]).resolve()
-        m["data_dir"] = _relative(data, self.root.resolve())
-        m["splits"] = {s: {**v, "dir": _relative(Path(v["dir"]).resolve(), data)} for s, v in m["splits"].items()}
+        m["data_dir"] = relative_path(data, self.root.resolve())
+        m["splits"] = {s: {**v, "dir": relative_path(Path(v["dir"]).resolve(), data)} for s, v in m["splits"].items()}
         for key in ("annotations", "kneemri"):
             if m.get(key):
-                m[key] = _relative(Path(m[key]).resolve(), data)
+                m[key] = relative_path(Path(m[key]).resolve(), data)
         return write_json(self.manifest_path, m)
 
     def read_manifest(self) -> dict[str, Any]:
@@ -336,7 +336,7 @@ class RunDir:
         return self.book / "_build" / "html" / "index.html"
 
 
-def _relative(path: Path, base: Path) -> str:
+def relative_path(path: Path, base: Path) -> str:
     """``path`` relative to ``base`` when it lies below it, else the absolute path."""
     try:
         return path.relative_to(base).as_posix() or "."
