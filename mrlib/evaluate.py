@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import annotations
+from .data.manifest import manifest_boxes
 from .data.boxes import Box
 from .errors import DataError, ParameterError
 from .metrics import METRICS, ZERO_FILLED, ZERO_FILLED_SEED, roi_metrics, volume_metrics
@@ -85,11 +85,7 @@ def read_test_split(run_dir: str | Path | RunDir) -> tuple[dict, list[Path], pd.
     """The manifest, the test volumes' paths and the boxes (image coordinates, or None)."""
     rd = as_run_dir(run_dir)
     manifest = rd.read_manifest()
-    paths = rd.split_paths("test", manifest)
-    boxes = None
-    if manifest.get("annotations"):
-        boxes = annotations.read_boxes(manifest["annotations"], image_height=manifest["image_size"][0])
-    return manifest, paths, boxes
+    return manifest, rd.split_paths("test", manifest), manifest_boxes(manifest)
 
 
 def boxes_by_slice(boxes: pd.DataFrame | None, stem: str) -> dict[int, list[Box]]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import UnetConfig
-from .data import annotations
+from .data.manifest import manifest_boxes
 from .distributed import check_shardable, cleanup, init_distributed, shard_range, volume_batches
 from .errors import ParameterError
 from .masking import MaskSpec, file_seed
@@ -195,10 +195,7 @@ def train_run(
 
 def weight_context(rd: RunDir, manifest: dict[str, Any]) -> WeightContext:
     """The boxes and heatmaps of a run directory, for the variants' weights."""
-    boxes = None
-    if manifest.get("annotations"):
-        boxes = annotations.read_boxes(manifest["annotations"], image_height=manifest["image_size"][0])
-    return WeightContext(boxes=boxes, heatmaps=rd.heatmaps if rd.heatmaps.is_file() else None)
+    return WeightContext(boxes=manifest_boxes(manifest), heatmaps=rd.heatmaps if rd.heatmaps.is_file() else None)
 
 
 # --------------------------------------------------------------------------- the `train` command

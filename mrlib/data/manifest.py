@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .annotations import read_boxes
 from .check import check_data_dir
 from .fastmri_h5 import find_splits, validate_h5
 
@@ -66,6 +67,16 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
         "checks": {"ok": True, "deep": deep, "problems": []},
         "synthetic": json.loads(synth.read_text()) if synth.is_file() else None,
     }
+
+
+def manifest_boxes(manifest: dict[str, Any]):
+    """The lesion boxes of the manifest's annotations in image coordinates, or ``None``.
+
+    fastMRI+ stores boxes on up/down-flipped images; the manifest's image height un-flips them.
+    """
+    if not manifest.get("annotations"):
+        return None
+    return read_boxes(manifest["annotations"], image_height=manifest["image_size"][0])
 
 
 def file_index(manifest: dict[str, Any]) -> dict[str, Path]:
