@@ -24,10 +24,11 @@ from .bench import BenchConfig, format_table, run_bench
 from .compare import TIMING_FIELDS, compare_runs
 from .config import UnetConfig
 from .data.check import check_data_dir
+from .data.splits import POLICIES, SELECTION_FRACTION
 from .data.manifest import build_manifest
-from .data.synth import SynthConfig, generate
+from .data.synth import LAYOUTS, SynthConfig, generate
 from .errors import MrlibError, ParameterError
-from .evaluate import evaluate_run
+from .evaluate import evaluate_run, infer
 from .masking import MaskSpec
 from .pipeline import build_book, flat_parameters, preset_parameters, run
 from .presets import PRESETS, get_preset
@@ -45,13 +46,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if synth is None:
         raise MrlibError("--preset", f"{args.preset!r} is a real-data preset; it has no synthetic cohort")
     summary = generate(args.data, SynthConfig(**synth), seed=args.seed, multicoil=args.multicoil,
-                       progress=not args.quiet)
+                       progress=not args.quiet, layout=args.layout)
     print(f"wrote {args.data}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict)))
     return 0
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    report = check_data_dir(args.data, deep=not args.quick)
+    report = check_data_dir(args.data, deep=not args.quick, split_policy=args.split_policy,
+                            selection_fraction=args.selection_fraction)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -99,11 +101,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     rd = RunDir(args.run_dir)
     df, summary = evaluate_run(rd, args.variants or None, write=args.out is None, device=args.device,
-                               batch_size=args.batch_size, progress=not args.quiet)
+                               batch_size=args.batch_size, progress=not args.quiet,
+                               save_variants=args.save_reconstructions)
     if args.out:
         write_text(args.out, df.to_csv(index=False))
     where = args.out or rd.metrics_csv
     print(f"evaluated {df['variant'].nunique() - 1} variant(s) on {df['volume'].nunique()} volume(s): {where}")
+    if args.out is None:
+        inferred = infer(rd, args.variants or None, device=args.device, batch_size=args.batch_size,
+                         progress=not args.quiet)
+        folders = sorted(set(inferred["folder"]))
+        if folders:
+            print(f"reconstructed {inferred['volume'].nunique()} inference volume(s) into {len(folders)} folder(s) "
+                  f"under {rd.root / rd.RECONSTRUCTIONS}")
     return 0
 
 
@@ -260,12 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="data root to write (fastmri/, annotations/, kneemri/)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--multicoil", action="store_true", help="write multi-coil fastMRI files instead of single-coil")
+    p.add_argument("--layout", choices=LAYOUTS, default="synthetic",
+                   help="synthetic (every split with targets) or real: exactly as the real downloads are laid out "
+                        "(mixed k-space widths, a test split without targets, fastMRI+'s quirks; run it with "
+                        "--preset fastmri)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("check-data", help="validate a data directory and report what it holds and what is wrong")
     p.add_argument("data", type=Path, metavar="DATA", help="data root (fastmri/, annotations/, kneemri/, MRNet-v1.0/)")
     p.add_argument("--quick", action="store_true", help="skip reading every k-space value (NaN/Inf check)")
+    p.add_argument("--split-policy", choices=POLICIES, default=None,
+                   help="also report what a run with this split policy would refuse (the notebooks' split_policy; "
+                        "default: report which policies can use the data)")
+    p.add_argument("--selection-fraction", type=float, default=SELECTION_FRACTION,
+                   help="share of training patients the fastmri policy keeps for checkpoint selection "
+                        "(the notebooks' selection_fraction)")
     p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("run", help="execute the notebooks in order with papermill, into a run directory")
@@ -289,7 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=None, help="variant keys to evaluate (default: all trained)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
-    p.add_argument("--out", default=None, help="write the metrics CSV to this file instead of the run directory")
+    p.add_argument("--out", default=None, help="write the metrics CSV to this file instead of the run directory "
+                                               "(and write no reconstructions)")
+    p.add_argument("--save-reconstructions", nargs="*", default=["unweighted", "gradcam"], metavar="VARIANT",
+                   help="variants whose first-seed evaluation reconstructions are written in fastMRI's layout under "
+                        "RUN/reconstructions/ (default: unweighted gradcam, when trained; inference-only volumes "
+                        "are always written for every variant)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

@@ -18,21 +18,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .data.manifest import manifest_boxes
+from fastmri.data import transforms as T
+
 from .data.boxes import Box
+from .data.fastmri_h5 import read_stored_mask, read_volume
+from .data.manifest import manifest_boxes
 from .errors import DataError, ParameterError
+from .masking import file_seed, make_masks
 from .metrics import METRICS, ZERO_FILLED, ZERO_FILLED_SEED, roi_metrics, volume_metrics
 from .models import build_unet
-from .recon import SliceBank, reconstruct, zero_filled_volume
+from .recon import SliceBank, reconstruct, reconstruct_kspace, zero_filled_volume
 from .rundir import RunDir, as_run_dir
 from .runtime import pick_device, progress_bar
 from .stats import summarize
+from .submission import score_folder, write_folder
 from .train import load_weights
 
 COLUMNS = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
@@ -81,11 +86,21 @@ def load_run(run_dir: str | Path | RunDir, run: Mapping[str, Any], device) -> to
     return model.to(device).eval()
 
 
-def read_test_split(run_dir: str | Path | RunDir) -> tuple[dict, list[Path], pd.DataFrame | None]:
-    """The manifest, the test volumes' paths and the boxes (image coordinates, or None)."""
+def read_evaluation_split(run_dir: str | Path | RunDir) -> tuple[dict, list[Path], pd.DataFrame | None]:
+    """The manifest, the evaluation volumes' paths and the boxes (image coordinates, or None)."""
     rd = as_run_dir(run_dir)
     manifest = rd.read_manifest()
-    return manifest, rd.split_paths("test", manifest), manifest_boxes(manifest)
+    return manifest, rd.split_paths("evaluation", manifest), manifest_boxes(manifest)
+
+
+def first_seeds(runs: Sequence[Mapping[str, Any]], variants: Iterable[str] | None = None) -> set[tuple[str, int]]:
+    """``{(variant, seed)}``: the first trained seed of each variant (of ``variants``; None: all)."""
+    wanted = None if variants is None else set(variants)
+    out: dict[str, int] = {}
+    for r in runs:
+        if wanted is None or r["variant"] in wanted:
+            out.setdefault(r["variant"], int(r["seed"]))
+    return set(out.items())
 
 
 def boxes_by_slice(boxes: pd.DataFrame | None, stem: str) -> dict[int, list[Box]]:
@@ -106,8 +121,9 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
+    save_variants: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """Reconstruct the test split at every acceleration and score every volume.
+    """Reconstruct the evaluation split at every acceleration and score every volume.
 
     Args:
         run_dir: the run directory (manifest from notebook 01, ``masking.json`` from 02,
@@ -116,6 +132,9 @@ def evaluate(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         batch_size: slices per forward pass.
         progress: show a ``tqdm.auto`` bar.
+        save_variants: variant keys whose first seed's reconstructions are also written
+            in fastMRI's layout (:meth:`RunDir.reconstructions`, split = the manifest's
+            ``evaluation_split``); every variant and seed would take tens of GB on real data.
 
     Returns:
         One row per (variant, acceleration, seed, volume), columns :data:`COLUMNS`. The
@@ -133,9 +152,11 @@ def evaluate(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    rd = as_run_dir(run_dir)
     runs = read_runs(run_dir, variants, seeds)
-    spec = as_run_dir(run_dir).read_mask_spec()
-    _, paths, boxes = read_test_split(run_dir)
+    spec = rd.read_mask_spec()
+    manifest, paths, boxes = read_evaluation_split(run_dir)
+    saved = first_seeds(runs, save_variants)
     device = pick_device(device) if isinstance(device, str) else device
     models = [(run, load_run(run_dir, run, device)) for run in runs]  # fail early on a bad checkpoint
     bank = SliceBank(paths, device)
@@ -164,17 +185,102 @@ def evaluate(
                 bar.update(1)
             for run, model in models:
                 bar.set_postfix_str(f"{run['variant']} seed {run['seed']} {acc}x")
+                keep = (run["variant"], int(run["seed"])) in saved
+                written = {}
                 for stem in stems:
                     recon, seconds = reconstruct(model, bank, stem, func, batch_size=batch_size)
                     score(run["variant"], acc, run["seed"], stem, recon, seconds)
+                    if keep:
+                        written[stem] = recon
                     bar.update(1)
+                if keep:
+                    write_folder(rd.reconstructions(manifest["evaluation_split"], run["variant"], run["seed"], acc),
+                                 written)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df.attrs["no_boxes"] = [s for s in stems if not rois[s]]
     n = len(df.attrs["no_boxes"])
     if 0 < n < len(stems):  # none at all: summarize() says so
-        print(f"{n} of {len(stems)} test volumes hold no annotated lesion ({', '.join(df.attrs['no_boxes'])}): "
+        print(f"{n} of {len(stems)} evaluation volumes hold no annotated lesion ({', '.join(df.attrs['no_boxes'])}): "
               "their ROI metrics are NaN and are left out of the ROI means")
     return df
+
+
+def infer(
+    run_dir: str | Path | RunDir,
+    variants: Iterable[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Reconstruct the inference volumes (the real test split) and write them; score nothing.
+
+    Every trained variant (of ``variants``; None: all) reconstructs each volume with its
+    first seed. A file that stores its mask (the real test split: k-space already
+    undersampled) is reconstructed once, with that mask, into the folder of its own
+    ``acceleration``; a file without one at each acceleration of the run's masking spec,
+    with fastMRI's fixed per-file mask. Folders: :meth:`RunDir.reconstructions` with the
+    file's split.
+
+    Returns:
+        One row per (variant, seed, acceleration, volume): ``seconds`` and ``folder``.
+    """
+    rd = as_run_dir(run_dir)
+    manifest = rd.read_manifest()
+    paths = rd.split_paths("inference", manifest)
+    columns = ["variant", "seed", "acceleration", "volume", "seconds", "folder"]
+    if not paths:
+        return pd.DataFrame(columns=columns)
+    runs = read_runs(rd, variants)
+    spec = rd.read_mask_spec()
+    device = pick_device(device) if isinstance(device, str) else device
+    chosen = sorted(first_seeds(runs))
+    models = [(v, s, load_run(rd, next(r for r in runs if r["variant"] == v and int(r["seed"]) == s), device))
+              for v, s in chosen]
+    entries = {f["name"]: f for split in manifest["splits"].values() for f in split["files"]}
+    split_of = {a["file"]: a["split"] for a in manifest["roles"]}
+    inputs = []  # (split, acceleration, stem, kspace (S, rows, cols, 2), masks (S, 1, cols, 1), crop)
+    for path in paths:
+        kspace = T.to_tensor(read_volume(path)[0])
+        crop = tuple(entries[path.name]["recon_size"])
+        stored = read_stored_mask(path)
+        if stored is not None:
+            acc = int(entries[path.name]["acceleration"] or round(len(stored) / max(1, int(stored.sum()))))
+            masks = torch.as_tensor(stored, dtype=torch.float32).reshape(1, 1, -1, 1).expand(kspace.shape[0], -1, -1, -1)
+            inputs.append((split_of[path.name], acc, path.stem, kspace, masks, crop))
+        else:
+            for acc in spec.accelerations:
+                masks = make_masks(spec.mask_func(acc), kspace.shape, [file_seed(path.name)] * kspace.shape[0])
+                inputs.append((split_of[path.name], acc, path.stem, kspace, masks, crop))
+    rows = []
+    with progress_bar(total=len(models) * len(inputs), desc="inference", unit="volume", progress=progress) as bar:
+        for variant, seed, model in models:
+            folders: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+            for split, acc, stem, kspace, masks, crop in inputs:
+                recon, seconds = reconstruct_kspace(model, kspace, masks, crop, batch_size)
+                folders.setdefault((split, acc), {})[stem] = recon
+                rows.append(dict(variant=variant, seed=seed, acceleration=acc, volume=stem, seconds=seconds,
+                                 folder=str(rd.reconstructions(split, variant, seed, acc).relative_to(rd.root))))
+                bar.update(1)
+            for (split, acc), recons in folders.items():
+                write_folder(rd.reconstructions(split, variant, seed, acc), recons)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def score_saved(run_dir: str | Path | RunDir) -> pd.DataFrame:
+    """fastMRI's own evaluation of every evaluation-split folder :func:`evaluate` wrote.
+
+    Returns one row per folder: ``variant, seed, acceleration, volumes`` and fastMRI's
+    ``NMSE, PSNR, SSIM`` means, to set beside the means of ``metrics.csv``.
+    """
+    rd = as_run_dir(run_dir)
+    manifest = rd.read_manifest()
+    targets = rd.split_paths("evaluation", manifest)
+    rows = []
+    for variant, seed, acc, folder in rd.reconstruction_folders(manifest["evaluation_split"]):
+        scores = score_folder(folder, targets, manifest["challenge"])
+        rows.append(dict(variant=variant, seed=seed, acceleration=acc, volumes=len(targets),
+                         **{k.lower(): v for k, v in scores.items() if k != "MSE"}))
+    return pd.DataFrame(rows, columns=["variant", "seed", "acceleration", "volumes", "nmse", "psnr", "ssim"])
 
 
 def volume_reconstructions(
@@ -186,7 +292,7 @@ def volume_reconstructions(
     device: str = "auto",
     batch_size: int = 16,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[int, list[tuple]]]:
-    """One test volume's target, its reconstructions and its boxes, for figures.
+    """One evaluation volume's target, its reconstructions and its boxes, for figures.
 
     Returns:
         ``(target (S, h, w), {"zero-filled": ..., variant: ...}, boxes_by_slice)``; for each
@@ -194,10 +300,11 @@ def volume_reconstructions(
     """
     runs = read_runs(run_dir, variants)
     spec = as_run_dir(run_dir).read_mask_spec()
-    _, paths, boxes = read_test_split(run_dir)
+    _, paths, boxes = read_evaluation_split(run_dir)
     path = {p.stem: p for p in paths}.get(stem)
     if path is None:
-        raise ParameterError("stem", f"{stem!r} is not a test volume; test volumes: {', '.join(p.stem for p in paths)}")
+        raise ParameterError("stem", f"{stem!r} is not an evaluation volume; evaluation volumes: "
+                                     f"{', '.join(p.stem for p in paths)}")
     device = pick_device(device) if isinstance(device, str) else device
     bank = SliceBank([path], device)
     func = spec.mask_func(int(acceleration))
@@ -219,14 +326,17 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
+    save_variants: Iterable[str] = (),
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Chapter 6's computation: :func:`evaluate`, :func:`mrlib.stats.summarize`, and both
-    written to the run directory when ``write`` (``mrlib evaluate RUN`` calls this too).
+    written to the run directory when ``write`` (``mrlib evaluate RUN`` calls this too),
+    with the reconstructions of ``save_variants`` (first seed) in fastMRI's layout.
 
     Returns ``(metrics per volume, summary)``.
     """
     rd = as_run_dir(run_dir)
-    df = evaluate(rd, variants or None, device=device, batch_size=batch_size, progress=progress)
+    df = evaluate(rd, variants or None, device=device, batch_size=batch_size, progress=progress,
+                  save_variants=save_variants if write else ())
     summary = summarize(df, reference=reference)
     if write:
         rd.write_evaluation(df, summary)

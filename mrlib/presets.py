@@ -51,7 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "fastmri": {
         "synth": None,  # real data only: pass --data
-        "params": dict(mrnet_epochs=10, mrnet_lr=1e-5, mrnet_input_size=224, chans=16, pools=3, unet_epochs=10),
+        # the real splits: evaluate on val, select checkpoints on patients carved from train, test is inference only
+        "params": dict(split_policy="fastmri", mrnet_epochs=10, mrnet_lr=1e-5, mrnet_input_size=224, chans=16,
+                       pools=3, unet_epochs=10),
     },
 }
 

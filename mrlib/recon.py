@@ -8,6 +8,14 @@ batch ``(B, rows, cols, 2)`` wherever the batch lives (a test checks it against
 targets in memory (the device's, or pinned host memory on CUDA), so an epoch reads no
 file; a :class:`StreamingBank` serves the same batches from disk with chunk-aware reads
 when a split does not fit. :func:`load_bank` picks one of the two and says why.
+
+**Mixed k-space shapes.** Real fastMRI files of one split differ in k-space width (368,
+372, 356, ... phase encodes) and height. A bank keeps one k-space tensor per shape and
+forms each batch per shape: masks at the slice's native width, the inverse FFT at its
+native size, the crop to the common target size in the image domain, then the cropped
+images are stacked in the batch's order. k-space is never zero-padded to a common width:
+that would change the pixel size along the phase-encode axis, and the crop would no
+longer match the target.
 """
 
 from __future__ import annotations
@@ -185,8 +193,9 @@ class SliceBank:
     """Every slice of a list of single-coil volumes, in memory (CPU or device).
 
     Attributes:
-        kspace: ``(N, rows, cols, 2)`` float32.
-        target: ``(N, h, w)`` float32 (``reconstruction_esc``).
+        kspace_groups: one float32 tensor ``(n_g, rows_g, cols_g, 2)`` per k-space shape
+            ``shapes[g]`` (one group when every file has the same shape).
+        target: ``(N, h, w)`` float32 (``reconstruction_esc``); one size for all files.
         files: stem of each slice's volume, ``N`` strings; slice_nums: ``(N,)``.
         volumes: ``{stem: slice indices into the bank}``, in file order.
         max_value: ``{stem: the volume's attrs["max"]}``.
@@ -204,16 +213,19 @@ class SliceBank:
         self.device = torch.device(device)
         self.paths = [Path(p) for p in paths]
         infos = _bank_infos(self.paths)
-        rows_cols, crop = infos[0][1], infos[0][2]
-        n_total = sum(n for n, _, _ in infos)
+        crop = infos[0][2]
+        self.shapes, group_of_file = _shape_groups(infos)
+        self._group, self._local = _slice_groups(infos, group_of_file)
         pin = bool(pin_memory) and self.device.type == "cuda"
-        kspace = _host_buffer((n_total, *rows_cols, 2), pin)
-        target = _host_buffer((n_total, *crop), pin)
+        groups = [_host_buffer((int((self._group == g).sum()), *shape, 2), pin) for g, shape in enumerate(self.shapes)]
+        target = _host_buffer((len(self._group), *crop), pin)
         self.files, slice_nums, self.max_value, self.volumes = [], [], {}, {}
         start = 0
-        for path, (n, _, _) in zip(self.paths, infos):
+        for path, (n, _, _), g in zip(self.paths, infos, group_of_file):
             stop = start + n
-            attrs = read_slices(path, range(n), torch.view_as_complex(kspace[start:stop]), target[start:stop])
+            first = int(self._local[start])
+            dest = torch.view_as_complex(groups[g][first: first + n])
+            attrs = read_slices(path, range(n), dest, target[start:stop])
             self.files += [path.stem] * n
             slice_nums += list(range(n))
             self.volumes[path.stem] = list(range(start, stop))
@@ -221,32 +233,95 @@ class SliceBank:
             start = stop
         self.pinned = pin
         store = torch.device("cpu") if pin else self.device
-        self.kspace = kspace.to(store)
+        self.kspace_groups = [k.to(store) for k in groups]
         self.target = target.to(store)
         self.slice_nums = np.array(slice_nums)
         self.crop = tuple(self.target.shape[-2:])
 
     def __len__(self) -> int:
-        return self.kspace.shape[0]
+        return self.target.shape[0]
 
     def batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
         """Masked, normalised pairs for slices ``idx`` with one mask per seed, on ``self.device``."""
-        with data_threads(self.kspace.device):
+        with data_threads(self.target.device):
             return self._batch(idx, mask_func, seeds)
 
-    def _batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
-        idx = torch.as_tensor(np.asarray(idx), device=self.kspace.device)
-        kspace, target = self.kspace[idx], self.target[idx]
+    def _fetch(self, g: int, idx: np.ndarray) -> torch.Tensor:
+        """k-space ``(len(idx), rows_g, cols_g, 2)`` of bank slices ``idx`` (all of shape group ``g``)."""
+        store = self.kspace_groups[g]
+        kspace = store[torch.as_tensor(self._local[idx], device=store.device)]
         if kspace.device != self.device:  # pinned host bank: gather on the host, copy asynchronously
             kspace = kspace.pin_memory().to(self.device, non_blocking=True)
+        return kspace
+
+    def _batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        target = self.target[torch.as_tensor(idx, device=self.target.device)]
+        if target.device != self.device:
             target = target.pin_memory().to(self.device, non_blocking=True)
-        masks = make_masks(mask_func, kspace.shape, seeds)
-        return _identified(masked_unet_inputs(kspace, masks, self.crop, target), self, idx)
+        batch = _grouped_inputs(idx, self._group, self._fetch, self.crop, target, mask_func, seeds)
+        return _identified(batch, self, idx)
 
     def kspace_of(self, idx: Sequence[int]) -> torch.Tensor:
-        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx``, on ``self.device``."""
-        idx = torch.as_tensor(np.asarray(idx), device=self.kspace.device)
-        return self.kspace[idx].to(self.device)
+        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx`` of one shape
+        (e.g. one volume), on ``self.device``."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return self._fetch(_one_group(self._group, idx), idx).to(self.device)
+
+
+def _shape_groups(infos) -> tuple[list[tuple[int, int]], list[int]]:
+    """The distinct k-space shapes of ``infos`` (first-seen order) and each file's group."""
+    shapes: list[tuple[int, int]] = []
+    group_of_file = []
+    for _, shape, _ in infos:
+        if shape not in shapes:
+            shapes.append(shape)
+        group_of_file.append(shapes.index(shape))
+    return shapes, group_of_file
+
+
+def _slice_groups(infos, group_of_file) -> tuple[np.ndarray, np.ndarray]:
+    """Each bank slice's shape group ``(N,)`` and its index within that group ``(N,)``."""
+    group = np.concatenate([np.full(n, g, dtype=np.int64) for (n, _, _), g in zip(infos, group_of_file)])
+    local = np.zeros_like(group)
+    for g in np.unique(group):
+        where = group == g
+        local[where] = np.arange(int(where.sum()))
+    return group, local
+
+
+def _one_group(group: np.ndarray, idx: np.ndarray) -> int:
+    found = np.unique(group[idx])
+    if len(found) != 1:
+        raise ValueError(f"slices {idx.tolist()[:8]} have {len(found)} k-space shapes; ask for one shape at a time")
+    return int(found[0])
+
+
+def _grouped_inputs(idx: np.ndarray, group: np.ndarray, fetch, crop: tuple[int, int], target: torch.Tensor,
+                    mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
+    """:func:`masked_unet_inputs` of bank slices ``idx`` whose k-space shapes may differ.
+
+    Each shape group is masked and transformed at its native size and cropped to ``crop``;
+    the cropped images are put back in ``idx``'s order. ``fetch(g, idx_g)`` returns the
+    k-space ``(len(idx_g), rows_g, cols_g, 2)`` of group ``g``'s slices on the device.
+    """
+    groups = group[idx]
+    first = int(groups[0])
+    if (groups == first).all():  # the common case: one shape, no reordering
+        kspace = fetch(first, idx)
+        return masked_unet_inputs(kspace, make_masks(mask_func, kspace.shape, seeds), crop, target)
+    image = torch.empty((len(idx), *crop), dtype=torch.float32, device=target.device)
+    out_target = torch.empty_like(image)
+    mean = torch.empty(len(idx), dtype=torch.float32, device=target.device)
+    std = torch.empty_like(mean)
+    for g in np.unique(groups):
+        pos = np.flatnonzero(groups == g)
+        kspace = fetch(int(g), idx[pos])
+        pos_t = torch.as_tensor(pos, device=target.device)
+        part = masked_unet_inputs(kspace, make_masks(mask_func, kspace.shape, [seeds[p] for p in pos]), crop,
+                                  target[pos_t])
+        image[pos_t], out_target[pos_t], mean[pos_t], std[pos_t] = part.image, part.target, part.mean, part.std
+    return UnetBatch(image, out_target, mean, std)
 
 
 def _identified(batch: UnetBatch, bank: "Bank", idx) -> UnetBatch:
@@ -254,6 +329,23 @@ def _identified(batch: UnetBatch, bank: "Bank", idx) -> UnetBatch:
     idx = [int(i) for i in np.asarray(torch.as_tensor(idx).cpu()).reshape(-1)]
     return batch._replace(fname=tuple(bank.files[i] for i in idx),
                           slice_num=torch.as_tensor(np.asarray(bank.slice_nums)[idx]))
+
+
+def _predict(model: torch.nn.Module, b: UnetBatch, device: torch.device) -> torch.Tensor:
+    """The network's output for a batch, un-normalised to the target's units ``(B, h, w)``."""
+    pred = model(b.image[:, None].to(device))[:, 0]
+    return pred * b.std[:, None, None].to(device) + b.mean[:, None, None].to(device)
+
+
+def _timed(device: torch.device, work) -> tuple[np.ndarray, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out.float().cpu().numpy(), time.perf_counter() - start
 
 
 def reconstruct(
@@ -268,20 +360,30 @@ def reconstruct(
     idx = bank.volumes[stem]
     seeds = [file_seed(f"{stem}.h5")] * len(idx)
     device = next(model.parameters()).device
-    out = []
     model.eval()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(idx), batch_size):
-            b = bank.batch(idx[i : i + batch_size], mask_func, seeds[i : i + batch_size])
-            pred = model(b.image[:, None].to(device))[:, 0]
-            out.append(pred * b.std[:, None, None].to(device) + b.mean[:, None, None].to(device))
-    recon = torch.cat(out)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return recon.float().cpu().numpy(), time.perf_counter() - start
+    return _timed(device, lambda: torch.cat([
+        _predict(model, bank.batch(idx[i: i + batch_size], mask_func, seeds[i: i + batch_size]), device)
+        for i in range(0, len(idx), batch_size)]))
+
+
+def reconstruct_kspace(
+    model: torch.nn.Module, kspace: torch.Tensor, masks: torch.Tensor, crop: tuple[int, int], batch_size: int = 16
+) -> tuple[np.ndarray, float]:
+    """Reconstruct one volume from its k-space and masks, e.g. a real test file's
+    already undersampled k-space and its stored mask.
+
+    Args:
+        kspace: ``(S, rows, cols, 2)``; masks: ``(S, 1, cols, 1)``; crop: ``(h, w)``.
+
+    Returns:
+        ``(recon (S, h, w), seconds)``, as :func:`reconstruct`.
+    """
+    device = next(model.parameters()).device
+    kspace = kspace.to(device)
+    model.eval()
+    return _timed(device, lambda: torch.cat([
+        _predict(model, masked_unet_inputs(kspace[i: i + batch_size], masks[i: i + batch_size], crop), device)
+        for i in range(0, kspace.shape[0], batch_size)]))
 
 
 def zero_filled_volume(bank: "Bank", stem: str, mask_func: MaskFunc) -> np.ndarray:
@@ -302,8 +404,10 @@ SLAB_BYTES = 16 << 20
 def _bank_infos(paths: Sequence[Path]) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
     """Validate the files' structure (not their values: those are checked as they are read).
 
-    Returns ``[(n_slices, (rows, cols), (h, w))]`` per file; raises :class:`DataError` for a
-    file without target, multi-coil data, or shapes that differ within the split.
+    Returns ``[(n_slices, (rows, cols), (h, w))]`` per file. k-space shapes may differ
+    between files; targets must share one size (fastMRI knee targets are all 320 x 320).
+    Raises :class:`DataError` for a file without target, multi-coil data, targets of
+    different sizes, or k-space narrower than the target when shapes are mixed.
     """
     if not paths:
         raise DataError("split", "no volumes to load")
@@ -311,13 +415,18 @@ def _bank_infos(paths: Sequence[Path]) -> list[tuple[int, tuple[int, int], tuple
     for path in paths:
         info = fastmri_h5.validate_h5(path, require_target=False, check_finite=False)
         if info.target_key is None:
-            raise DataError(path, "has no target; the U-Net needs fully sampled targets to train and test")
+            raise DataError(path, "has no target; the U-Net needs fully sampled targets to train and to be scored "
+                                  "(a file without one is for inference only: split_policy=fastmri)")
         if len(info.kspace_shape) != 3:
             raise DataError(path, "is multi-coil; the U-Net chapters use single-coil data")
         infos.append((info.n_slices, tuple(info.kspace_shape[1:3]), tuple(info.target_shape[-2:])))
-    if len({i[1:] for i in infos}) > 1:
-        shapes = sorted({i[1:] for i in infos})
-        raise DataError(Path(paths[0]).parent, f"volumes of different shapes in one split: {shapes}")
+    crops = sorted({i[2] for i in infos})
+    if len(crops) > 1:
+        raise DataError(Path(paths[0]).parent, f"targets of different sizes in one split: {crops}")
+    if len({i[1] for i in infos}) > 1:
+        narrow = next((p for p, i in zip(paths, infos) if i[1][1] < i[2][1]), None)
+        if narrow is not None:
+            raise DataError(narrow, "k-space is narrower than its target, and the split mixes k-space widths")
     return infos
 
 
@@ -399,9 +508,10 @@ class StreamingBank:
         self.device = torch.device(device)
         self.paths = [Path(p) for p in paths]
         infos = _bank_infos(self.paths)
-        self.rows_cols = infos[0][1]
         self.crop = infos[0][2]
-        n_total = sum(n for n, _, _ in infos)
+        self.shapes, group_of_file = _shape_groups(infos)
+        self._group, _ = _slice_groups(infos, group_of_file)
+        n_total = len(self._group)
         self.pinned = self.device.type == "cuda"
         self.target = torch.empty((n_total, *self.crop), dtype=torch.float32)
         self.files, slice_nums, self.max_value, self.volumes, self._path_of = [], [], {}, {}, {}
@@ -420,9 +530,10 @@ class StreamingBank:
             start = stop
         self.slice_nums = np.array(slice_nums)
         self._start = {stem: idx[0] for stem, idx in self.volumes.items()}
-        self._slice_bytes = int(np.prod(self.rows_cols)) * 8
+        self._nbytes = sum(n * rows * cols * 8 for n, (rows, cols), _ in infos)
+        slice_bytes = max(rows * cols for rows, cols in self.shapes) * 8
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # bank index -> complex slice
-        self._cache_slices = max(1, cache_bytes // self._slice_bytes)
+        self._cache_slices = max(1, cache_bytes // slice_bytes)
         self.reads = 0  # slices read from disk (for tests and the benchmark)
 
     def __len__(self) -> int:
@@ -430,12 +541,15 @@ class StreamingBank:
 
     @property
     def nbytes(self) -> int:
-        return len(self) * self._slice_bytes
+        """Bytes of k-space the bank serves (what a :class:`SliceBank` would hold)."""
+        return self._nbytes
 
-    def _read(self, idx: Sequence[int]) -> torch.Tensor:
-        """Complex k-space ``(len(idx), rows, cols)`` of bank slices ``idx`` in a host buffer."""
+    def _read(self, g: int, idx: Sequence[int]) -> torch.Tensor:
+        """Complex k-space ``(len(idx), rows_g, cols_g)`` of bank slices ``idx`` (all of shape
+        group ``g``) in a host buffer."""
         idx = [int(i) for i in idx]
-        out = torch.view_as_complex(_host_buffer((len(idx), *self.rows_cols, 2), self.pinned))
+        shape = self.shapes[g]
+        out = torch.view_as_complex(_host_buffer((len(idx), *shape, 2), self.pinned))
         missing: dict[str, list[int]] = {}
         for pos, i in enumerate(idx):
             if i in self._cache:
@@ -446,7 +560,7 @@ class StreamingBank:
         for stem, wanted in missing.items():
             wanted = sorted(set(wanted))
             base = self._start[stem]
-            buf = torch.view_as_complex(torch.empty((len(wanted), *self.rows_cols, 2)))
+            buf = torch.view_as_complex(torch.empty((len(wanted), *shape, 2)))
             read_slices(self._path_of[stem], [i - base for i in wanted], buf)
             self.reads += len(wanted)
             for j, i in enumerate(wanted):
@@ -459,9 +573,14 @@ class StreamingBank:
                     out[pos] = buf[where[i]]
         return out
 
+    def _fetch(self, g: int, idx: np.ndarray) -> torch.Tensor:
+        return torch.view_as_real(self._read(g, idx)).to(self.device, non_blocking=True)
+
     def kspace_of(self, idx: Sequence[int]) -> torch.Tensor:
-        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx``, on ``self.device``."""
-        return torch.view_as_real(self._read(idx)).to(self.device, non_blocking=True)
+        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx`` of one shape
+        (e.g. one volume), on ``self.device``."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return self._fetch(_one_group(self._group, idx), idx)
 
     def batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
         """Masked, normalised pairs for slices ``idx`` (as :meth:`SliceBank.batch`)."""
@@ -469,11 +588,10 @@ class StreamingBank:
             return self._batch(idx, mask_func, seeds)
 
     def _batch(self, idx: Sequence[int], mask_func: MaskFunc, seeds: Sequence) -> UnetBatch:
-        idx = [int(i) for i in np.asarray(idx).reshape(-1)]
-        kspace = self.kspace_of(idx)
-        target = self.target[idx].to(self.device, non_blocking=True)
-        masks = make_masks(mask_func, kspace.shape, seeds)
-        return _identified(masked_unet_inputs(kspace, masks, self.crop, target), self, idx)
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        target = self.target[torch.as_tensor(idx)].to(self.device, non_blocking=True)
+        batch = _grouped_inputs(idx, self._group, self._fetch, self.crop, target, mask_func, seeds)
+        return _identified(batch, self, idx)
 
     def iter_batches(self, order: Sequence[int], batch_size: int, mask_func: MaskFunc, seeds: Sequence):
         """Yield :meth:`batch` of consecutive pieces of ``order``; the next batch's slices

@@ -85,8 +85,8 @@ def comparison_sentences(summary: Mapping[str, Any], metrics: Sequence[str] | No
             verdict = "no interval (too few volumes), so no conclusion"
         elif c["excludes_zero"]:
             good = (c["mean_diff"] > 0) == (c["better"] == "higher")
-            where = (f"on these {c['n_volumes']} test volumes, weak evidence with so few"
-                     if c["n_volumes"] < FEW_VOLUMES else "on this test split")
+            where = (f"on these {c['n_volumes']} evaluation volumes, weak evidence with so few"
+                     if c["n_volumes"] < FEW_VOLUMES else "on this evaluation split")
             verdict = f"the interval excludes 0: {c['variant']} is {'better' if good else 'worse'} {where}"
         else:
             verdict = "the interval includes 0: no evidence of a difference"

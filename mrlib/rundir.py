@@ -36,6 +36,7 @@ import pandas as pd
 
 from .artifacts import read_json, write_json, write_text
 from .errors import DataError, ParameterError
+from .data.manifest import role_files
 from .masking import MaskSpec
 
 
@@ -109,6 +110,7 @@ class RunDir:
     EVALUATION = "evaluation"
     METRICS = "metrics.csv"
     SUMMARY = "summary.json"
+    RECONSTRUCTIONS = "reconstructions"
     BOOK = "book"
     RUN_INFO = "run_info.md"
 
@@ -167,7 +169,7 @@ class RunDir:
         data = Path(m["data_dir"]).resolve()
         m["data_dir"] = relative_path(data, self.root.resolve())
         m["splits"] = {s: {**v, "dir": relative_path(Path(v["dir"]).resolve(), data)} for s, v in m["splits"].items()}
-        for key in ("annotations", "kneemri"):
+        for key in ("annotations", "annotation_file_list", "kneemri"):
             if m.get(key):
                 m[key] = relative_path(Path(m[key]).resolve(), data)
         return write_json(self.manifest_path, m)
@@ -180,18 +182,20 @@ class RunDir:
         data = (self.root / m["data_dir"]).resolve()
         m["data_dir"] = str(data)
         m["splits"] = {s: {**v, "dir": str(data / v["dir"])} for s, v in m["splits"].items()}
-        for key in ("annotations", "kneemri"):
+        for key in ("annotations", "annotation_file_list", "kneemri"):
             if m.get(key):
                 m[key] = str(data / m[key])
         return m
 
-    def split_paths(self, split: str, manifest: Mapping[str, Any] | None = None) -> list[Path]:
-        """The HDF5 files of one split of the manifest."""
+    def split_paths(self, role: str, manifest: Mapping[str, Any] | None = None) -> list[Path]:
+        """The HDF5 files of one role of the manifest: ``train``, ``selection``,
+        ``evaluation`` or ``inference`` (:mod:`mrlib.data.splits`)."""
         manifest = manifest or self.read_manifest()
-        entry = manifest["splits"].get(split)
-        if not entry or not entry.get("files"):
-            raise DataError(self.manifest_path, f"has no {split} split")
-        return [Path(entry["dir"]) / f["name"] for f in entry["files"]]
+        paths = role_files(manifest, role)
+        if not paths and role != "inference":
+            raise DataError(self.manifest_path, f"gives no volume the {role} role "
+                                                f"(split policy {manifest.get('split_policy')})")
+        return paths
 
     # ------------------------------------------------------------------ chapter 2
     @property
@@ -254,10 +258,7 @@ class RunDir:
 
     def unet_run(self, key: str, seed: int) -> CheckpointDir:
         """The checkpoint directory of one trained U-Net: ``unet/<variant key>/seed<N>``."""
-        key = str(key)
-        if not key or "/" in key or key in (".", ".."):
-            raise ParameterError("variant", f"{key!r} cannot name a run directory")
-        return CheckpointDir(self.root / self.UNET / key / f"seed{int(seed)}")
+        return CheckpointDir(self.root / self.UNET / _variant_dir(key) / f"seed{int(seed)}")
 
     @contextlib.contextmanager
     def _registry_lock(self) -> Iterator[None]:
@@ -303,6 +304,22 @@ class RunDir:
     def metrics_csv(self) -> Path:
         return self.root / self.EVALUATION / self.METRICS
 
+    def reconstructions(self, split: str, variant: str, seed: int, acceleration: int) -> Path:
+        """One folder of reconstructions in fastMRI's submission layout:
+        ``reconstructions/<split>/<variant>/seed<N>/<acceleration>x/``, one ``<file>.h5`` per volume."""
+        return (self.root / self.RECONSTRUCTIONS / str(split) / _variant_dir(variant) / f"seed{int(seed)}"
+                / f"{int(acceleration)}x")
+
+    def reconstruction_folders(self, split: str) -> list[tuple[str, int, int, Path]]:
+        """``(variant, seed, acceleration, folder)`` of every reconstruction folder of ``split``."""
+        base = self.root / self.RECONSTRUCTIONS / str(split)
+        found = []
+        for folder in sorted(base.glob("*/seed*/*x")) if base.is_dir() else []:
+            seed, acc = folder.parent.name[len("seed"):], folder.name[:-1]
+            if folder.is_dir() and seed.isdigit() and acc.isdigit():
+                found.append((folder.parent.parent.name, int(seed), int(acc), folder))
+        return found
+
     @property
     def summary_json(self) -> Path:
         return self.root / self.EVALUATION / self.SUMMARY
@@ -334,6 +351,13 @@ class RunDir:
     @property
     def book_html(self) -> Path:
         return self.book / "_build" / "html" / "index.html"
+
+
+def _variant_dir(key: str) -> str:
+    key = str(key)
+    if not key or "/" in key or key in (".", ".."):
+        raise ParameterError("variant", f"{key!r} cannot name a run directory")
+    return key
 
 
 def relative_path(path: Path, base: Path) -> str:

@@ -1,6 +1,6 @@
-"""Statistics of the ablation: intervals over test volumes and paired comparisons.
+"""Statistics of the ablation: intervals over evaluation volumes and paired comparisons.
 
-The unit of analysis is the test *volume*. Each volume's metric is first averaged over
+The unit of analysis is the evaluation *volume*. Each volume's metric is first averaged over
 training seeds; means and Student-t intervals are taken over volumes, and variants are
 compared with a reference volume by volume (paired differences, a t-interval of the mean
 difference and the Wilcoxon signed-rank test).
@@ -20,7 +20,7 @@ from .metrics import HIGHER_IS_BETTER, METRICS, ROI_METRICS
 
 #: The columns :func:`summarize` reads (the rows of :func:`mrlib.evaluate.evaluate`).
 REQUIRED = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
-NO_ROI = "no annotated lesion in the test split: ROI metrics not computed"
+NO_ROI = "no annotated lesion in the evaluation split: ROI metrics not computed"
 FEW_VOLUMES = 6  # below this the exact Wilcoxon test cannot reach p < 0.05 (min p = 2 / 2**n)
 
 
@@ -91,7 +91,7 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
 
         * ``groups``: per (variant, acceleration): ``n_volumes``, ``n_seeds``,
           ``seconds_per_volume`` (mean) and, per metric, ``{"mean", "low", "high"}``: a
-          t-interval over test volumes of the per-volume means across seeds (so it
+          t-interval over evaluation volumes of the per-volume means across seeds (so it
           describes variation between volumes, not between training seeds), and
           ``seed_sd``: the standard deviation across seeds of the mean over volumes
           (None with one seed).
@@ -99,7 +99,7 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
           per-volume difference (variant - reference) with ``mean_diff``, ``low``,
           ``high`` (t-interval), ``p_wilcoxon`` (two-sided signed-rank), ``n_volumes``,
           ``excludes_zero``, ``better`` (``"higher"``/``"lower"``) and ``note``.
-        * ``roi``: how the ROI metrics were computed or, when no test volume has a box,
+        * ``roi``: how the ROI metrics were computed or, when no evaluation volume has a box,
           :data:`NO_ROI` (then the ROI fields are absent; this is printed too).
         * ``level``, ``reference``, ``metrics``, ``interval``, ``notes``.
     """
@@ -118,7 +118,7 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
     else:
         metrics = list(METRICS)
         without = [v for v in volumes if v not in roi_vols]
-        roi = (f"ROI metrics over the {len(roi_vols)} of {len(volumes)} test volumes that hold an annotated lesion"
+        roi = (f"ROI metrics over the {len(roi_vols)} of {len(volumes)} evaluation volumes that hold an annotated lesion"
                + (f"; no box in {', '.join(without)} (left out of the ROI means)" if without else ""))
         if without:
             print(roi)
@@ -160,7 +160,7 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
                 ))
     return dict(
         level=level, reference=reference, metrics=metrics, volumes=volumes,
-        interval=(f"{level:.0%} Student-t interval over test volumes of the per-volume means across seeds; "
+        interval=(f"{level:.0%} Student-t interval over evaluation volumes of the per-volume means across seeds; "
                   "comparisons are paired by volume (variant - reference)"),
         groups=groups, comparisons=comparisons, roi=roi, notes=notes,
     )

@@ -158,7 +158,7 @@ def train_run(
     """Train one run of chapter 5's ablation: what notebook 05 and ``mrlib train`` call.
 
     Seeds everything from ``cfg.seed``, builds the U-Net, makes the variant's loss weights
-    for the ``banks["train"]`` and ``banks["val"]`` slices and trains with
+    for the ``banks["train"]`` and ``banks["selection"]`` slices and trains with
     :func:`train_unet`. With a :class:`RunDir`, the run goes to its checkpoint directory
     (named by the variant's key and the seed) and is merged into the run registry, so a
     notebook and a command resume and extend each other's runs; with a
@@ -179,8 +179,9 @@ def train_run(
         config["world_size"] = dist.world_size
     context = WeightContext(context.boxes, context.heatmaps, cfg.seed)
     history = train_unet(
-        net, banks["train"], banks["val"], mask_spec, variant, ckpts,
-        train_weights=variant.weights(banks["train"], context), val_weights=variant.weights(banks["val"], context),
+        net, banks["train"], banks["selection"], mask_spec, variant, ckpts,
+        train_weights=variant.weights(banks["train"], context),
+        val_weights=variant.weights(banks["selection"], context),
         epochs=cfg.unet_epochs, lr=cfg.unet_lr, batch_size=cfg.unet_batch_size, optimizer=cfg.optimizer,
         lr_step=cfg.lr_step, seed=cfg.seed, resume=resume,
         config={k: v for k, v in config.items() if k != "unet_epochs"}, progress=progress,
@@ -218,10 +219,7 @@ def train_command(
     rd = RunDir(run_dir)
     manifest = rd.read_manifest()
     spec = rd.read_mask_spec()
-    splits = {s: rd.split_paths(s, manifest) for s in ("train", "val") if s in manifest["splits"]}
-    for s in ("train", "val"):
-        if s not in splits:
-            raise ParameterError("data", f"no {s} split to train the U-Net with")
+    splits = {role: rd.split_paths(role, manifest) for role in ("train", "selection")}
     context = weight_context(rd, manifest)
 
     # before joining the process group: every rank fails here alike, no rank waits for another

@@ -2,6 +2,12 @@
 
 Every function returns a matplotlib ``Figure`` (the notebook displays it), so the same
 figure appears in Colab, in a papermill run and in the built book.
+
+**Orientation.** Images and boxes are always passed as stored (array rows, box ``y`` in
+image coordinates). fastMRI knee arrays are stored upside down relative to the
+radiological view, so each chapter calls :func:`set_display_flip` with the manifest's
+display flip; every image panel is then shown the radiological way up by turning its
+y axis, which moves the boxes, heatmaps and markers drawn in array coordinates with it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,20 @@ from matplotlib.patches import Rectangle
 from sklearn.metrics import roc_curve
 
 Box = tuple  # (x, y, width, height, label) in image coordinates
+
+_display = {"flip_ud": False}
+
+
+def set_display_flip(flip_ud: bool) -> None:
+    """Show every later image panel flipped up/down (``True``: the data are stored upside
+    down, as fastMRI knee arrays; see :func:`mrlib.data.manifest.display_flip`)."""
+    _display["flip_ud"] = bool(flip_ud)
+
+
+def orient(ax: plt.Axes, flip_ud: bool | None = None) -> None:
+    """Turn an image axis the radiological way up (after ``imshow``); ``None``: the setting."""
+    if _display["flip_ud"] if flip_ud is None else flip_ud:
+        ax.invert_yaxis()
 
 
 def kspace_logmag(kspace: np.ndarray, floor: float = 1e-5) -> np.ndarray:
@@ -40,8 +60,10 @@ def image_grid(
     size: float = 2.6,
     vmax: float | None = None,
     suptitle: str | None = None,
+    flip_ud: bool | None = None,
 ) -> plt.Figure:
-    """Show 2-D images ``(h, w)`` in a grid, optionally with boxes drawn on each."""
+    """Show 2-D images ``(h, w)`` in a grid, optionally with boxes drawn on each, turned
+    the radiological way up (:func:`orient`)."""
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
@@ -51,6 +73,7 @@ def image_grid(
         if i >= n:
             continue
         ax.imshow(images[i], cmap=cmap, vmin=0 if cmap == "gray" and images[i].min() >= 0 else None, vmax=vmax)
+        orient(ax, flip_ud)
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
         if boxes is not None and boxes[i]:
@@ -97,6 +120,7 @@ def recon_figure(
         axes[1, j].set_title(f"|error|, {name}", fontsize=8)
         draw_boxes(axes[1, j], boxes, color="#30d158", labels=False)
     for ax in axes.flat:
+        orient(ax)
         ax.axis("off")
     fig.colorbar(im, ax=axes[1, 1:].tolist(), shrink=0.8, label="absolute error")
     return fig
@@ -192,6 +216,7 @@ def cam_figure(
         ax.set_title(name, fontsize=8)
         draw_boxes(ax, boxes, color="#30d158", labels=False)
     for ax in axes:
+        orient(ax)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
@@ -210,5 +235,23 @@ def compare_curves(histories: dict[str, Sequence[dict]], panels: dict[str, str],
         if log:
             ax.set_yscale("log")
     axes.flat[-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def orientation_figure(image: np.ndarray, boxes: Sequence[Box] = (), title: str = "") -> plt.Figure:
+    """One slice ``(h, w)`` with its boxes as stored (left) and as displayed (right, turned
+    by the :func:`set_display_flip` setting)."""
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
+    shown = "flipped up/down: the radiological view" if _display["flip_ud"] else "as stored"
+    for ax, flip, name in zip(axes, (False, _display["flip_ud"]), ("as stored (array row 0 at the top)",
+                                                                   f"as displayed: {shown}")):
+        ax.imshow(image, cmap="gray", vmin=0)
+        orient(ax, flip)
+        draw_boxes(ax, boxes, labels=False)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

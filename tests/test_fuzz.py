@@ -112,7 +112,9 @@ def test_annotation_csv_is_read_or_refused(spec, shape):
         if valid:  # the box as written, its row flipped into image coordinates
             assert df[["file", "slice", "x", "width", "height"]].values.tolist() == [["file1000000", 1, 10, 8, 6]]
             assert df.y.tolist() == [64 - 12 - 6]
-        assert (df[["slice", "width", "height"]] >= 0).all().all()
+        assert (df.slice >= 0).all() and (df[["width", "height"]] >= 1).all().all()  # zero-size boxes dropped
+        # clipped to the rows [0, H) and to x >= 0 (the width is unknown to read_boxes here)
+        assert ((df.x >= 0) & (df.y >= 0) & (df.y + df.height <= shape[0])).all()
         try:
             check_boxes_in_image(df, shape, p)
         except DataError as exc:

@@ -367,7 +367,7 @@ def test_annotations_agree_with_fastmri(tmp_path):
     )
     df = ann.read_boxes(p, image_height=320)
     assert len(df) == 2 and df.attrs["n_study_level"] == 1
-    assert df.attrs["study_level_labels"] == ["Artifact"]
+    assert df.attrs["study_level_labels"] == ["artifact"]  # canonical spelling
     csv = pd.read_csv(p)
     for i, (_, row) in enumerate(csv[csv.study_level == "No"].iterrows()):
         a = AnnotatedSliceDataset.get_annotation(None, row, 320)
@@ -386,9 +386,11 @@ def test_annotation_bad_inputs(tmp_path):
     p.write_text(ANN_HEADER + "f,1,No,1,1,1,1,a\nf,2,No,abc,1,1,1,a\n")
     with pytest.raises(DataError, match="knee.csv: line 3: x is 'abc'"):
         ann.read_boxes(p)
-    p.write_text(ANN_HEADER + "f,1,No,1,1,-4,1,a\n")
-    with pytest.raises(DataError, match="knee.csv: line 2: width is negative"):
+    p.write_text(ANN_HEADER + "f,-1,No,1,1,4,1,a\n")
+    with pytest.raises(DataError, match="knee.csv: line 2: slice is negative"):
         ann.read_boxes(p)
+    p.write_text(ANN_HEADER + "f,1,No,1,1,-4,1,a\n")  # a negative width is a degenerate box, dropped
+    assert ann.read_boxes(p).attrs["n_degenerate"] == 1
     p.write_text(ANN_HEADER + "f,1,No,1,1,1,1,a\nf,1,No,300,10,30,10,b\n")
     df = ann.read_boxes(p, image_height=320)
     ann.check_boxes_in_image(df.iloc[:1], (320, 320), p)
@@ -408,6 +410,7 @@ def test_check_data_dir_good_and_bad(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "knee.csv").write_text(
         ANN_HEADER + "good,1,No,2,3,4,5,Meniscus Tear\ngood,9,No,2,3,4,5,Meniscus Tear\n"
+        + "good,0,No,12,3,9,5,Meniscus Tear\n"  # partly outside the 16x16 image: clipped, no problem
     )
     write_kneemri(tmp_path / "kneemri", n=3)
     (tmp_path / "kneemri" / "1002-1.pck").write_bytes(b"\x80\x02garbage")
@@ -419,7 +422,7 @@ def test_check_data_dir_good_and_bad(tmp_path):
     assert (train["files"], train["bad_files"], train["slices"]) == (1, 1, 3)
     assert train["kspace_shapes"] == {"32x24": 1} and train["acquisitions"] == {"CORPD_FBK": 1}
     assert report.found["fastmri"]["singlecoil_test"]["files"] == 1
-    assert report.found["annotations"]["boxes"] == 2
+    assert report.found["annotations"]["boxes"] == 3 and report.found["annotations"]["clipped"] == 1
     assert report.found["kneemri"]["exams"] == 3
     assert report.found["kneemri"]["labels"] == {"0": 1, "1": 1, "2": 1}
     assert report.found["mrnet"]["splits"]["train"]["planes"]["axial"] == 3

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import DataError, ParameterError
 from . import annotations as ann
-from . import fastmri_h5, kneemri, mrnet
+from . import fastmri_h5, kneemri, mrnet, splits
 from .tables import read_csv
 
 
@@ -32,6 +32,7 @@ class DataReport:
     root: Path
     found: dict[str, Any] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    checked_policy: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,12 +58,24 @@ class DataReport:
             ):
                 if s[key]:
                     lines.append(f"    {title}: " + ", ".join(f"{k} (x{v})" for k, v in s[key].items()))
+            if s.get("without_target"):
+                lines.append(f"    {s['without_target']} file(s) without a target (as the real test split)")
+        for challenge, verdicts in self.found.get("split_policies", {}).items():
+            for policy, verdict in verdicts.items():
+                lines.append(f"  {challenge} with split_policy={policy}: {verdict}")
+            if not self.checked_policy:
+                lines.append("    (pass --split-policy to make a policy's refusals problems, as a run does)")
         a = self.found.get("annotations")
         if a:
             labels = ", ".join(f"{k} (x{v})" for k, v in a["labels"].items()) or "none"
+            reviewed = (
+                f"; of the data files {a['positive']} with a box, {a['negative']} reviewed without, "
+                f"{a['unreviewed']} not reviewed" if "reviewed" in a else ""
+            )
             lines.append(
-                f"  annotations: {a['boxes']} box(es) on {a['files']} file(s), "
-                f"{a['study_level']} study-level row(s); labels: {labels}"
+                f"  annotations: {a['boxes']} box(es) on {a['files']} file(s) ({a['clipped']} clipped); "
+                f"skipped: {a['study_level']} study-level, {a['degenerate']} zero-size, {a['outside']} outside, "
+                f"{a['missing_file']} of absent files{reviewed}; labels: {labels}"
             )
         k = self.found.get("kneemri")
         if k:
@@ -92,11 +105,17 @@ def _shape_str(shape: tuple) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def _check_fastmri(base: Path, report: DataReport, deep: bool) -> dict[str, tuple[int, int, int]]:
-    """Check every split folder; return file stem -> (slices, H, W) for annotation checks."""
+def _check_fastmri(base: Path, report: DataReport, deep: bool,
+                   policies: tuple[str, ...], selection_fraction: float) -> dict[str, tuple[int, int, int]]:
+    """Check every split folder and what each split policy would make of it.
+
+    Returns file stem -> (slices, H, W) for the annotation checks.
+    """
     images: dict[str, tuple[int, int, int]] = {}
     found: dict[str, Any] = {}
+    usable: dict[str, dict[str, str]] = {}
     for challenge in fastmri_h5.CHALLENGES:
+        entries: list[splits.FileEntry] = []
         for split in fastmri_h5.SPLITS:
             d = base / f"{challenge}_{split}"
             if not d.is_dir():
@@ -117,7 +136,7 @@ def _check_fastmri(base: Path, report: DataReport, deep: bool) -> dict[str, tupl
                 files = []
             for f in files:
                 try:
-                    info = fastmri_h5.validate_h5(f, require_target=(split != "test"), check_finite=deep)
+                    info = fastmri_h5.validate_h5(f, require_target=False, check_finite=deep)
                     if info.challenge != challenge:
                         raise DataError(f, f"holds {info.challenge} k-space {info.kspace_shape} in a {challenge} folder")
                 except DataError as exc:
@@ -132,8 +151,22 @@ def _check_fastmri(base: Path, report: DataReport, deep: bool) -> dict[str, tupl
                 stats["acquisitions"][info.acquisition or "unknown"] += 1
                 rec = info.recon_size or (320, 320, 1)
                 images[f.stem] = (info.n_slices, rec[0], rec[1])
+                entries.append(splits.FileEntry(split, f.name, info.patient_id, info.target_key is not None,
+                                                info.has_mask))
+                if info.target_key is None:
+                    stats["without_target"] = stats.get("without_target", 0) + 1
             for key in ("kspace_shapes", "target_shapes", "acquisitions"):
                 stats[key] = dict(sorted(stats[key].items()))
+        if not entries:
+            continue
+        usable[challenge] = {}
+        for policy in splits.POLICIES:
+            problems = splits.policy_problems(entries, policy, challenge, selection_fraction)
+            if policy in policies:
+                for where, what in problems:
+                    report.add(base.parent / where, what)
+            usable[challenge][policy] = "usable" if not problems else f"not usable: {problems[0][1]}"
+    report.found["split_policies"] = usable
     if not found:
         report.add(base, "holds no {singlecoil,multicoil}_{train,val,test} folder")
     report.found["fastmri"] = found
@@ -141,31 +174,36 @@ def _check_fastmri(base: Path, report: DataReport, deep: bool) -> dict[str, tupl
 
 
 def _check_annotations(csv_path: Path, report: DataReport, images: dict[str, tuple[int, int, int]]) -> None:
-    heights = {stem: h for stem, (_, h, _) in images.items()}
+    """Read the boxes against the fastMRI files found (all of them if none were) and,
+    if it is there, the reviewed-file list ``knee_file_list.csv`` beside them."""
     try:
-        df = ann.read_boxes(csv_path, image_height=heights)
+        df = ann.read_boxes(
+            csv_path,
+            image_shape={stem: (h, w) for stem, (_, h, w) in images.items()},
+            files=images.keys() if images else None,
+        )
     except DataError as exc:
         report.add(exc.where, exc.problem)
         return
-    report.found["annotations"] = {
-        "boxes": len(df),
-        "files": int(df["file"].nunique()),
-        "study_level": df.attrs.get("n_study_level", 0),
-        "labels": dict(sorted(Counter(df["label"]).items())),
-    }
-    # boxes on files that are present must lie inside the image and on an existing slice
+    reviewed = None
+    list_path = csv_path.parent / "knee_file_list.csv"
+    if list_path.is_file():
+        try:
+            reviewed = ann.read_file_list(list_path)
+        except DataError as exc:
+            report.add(exc.where, exc.problem)
+    counts = ann.annotation_counts(df, images, reviewed)
+    info: dict[str, Any] = {"boxes": len(df), "files": int(df["file"].nunique())}
+    info.update({k: counts[k] for k in ("study_level", "degenerate", "clipped", "outside", "missing_file")})
+    info["labels"] = dict(sorted(Counter(df["label"]).items()))
+    if reviewed is not None:
+        info.update({k: counts[k] for k in ("reviewed", "positive", "negative", "unreviewed")})
+    report.found["annotations"] = info
+    # boxes are clipped to their image; one on a slice the file does not have is a problem
     for line, r in zip(df.index, df.itertuples(index=False)):
-        if r.file not in images:
-            continue
-        n, h, w = images[r.file]
+        n = images.get(r.file, (r.slice + 1,))[0]
         if r.slice >= n:
             report.add(csv_path, f"line {line}: slice {r.slice} of {r.file} but the file has {n} slice(s)")
-        elif r.x + r.width > w or r.y < 0 or r.y + r.height > h:
-            report.add(
-                csv_path,
-                f"line {line}: box x={r.x} y={r.y} width={r.width} height={r.height} (image coordinates) "
-                f"of {r.file} slice {r.slice} lies outside the {h}x{w} image",
-            )
 
 
 def _check_kneemri(d: Path, report: DataReport, deep: bool) -> None:
@@ -230,7 +268,8 @@ def _check_mrnet(root: Path, report: DataReport, deep: bool) -> None:
     report.found["mrnet"] = info
 
 
-def check_data_dir(path: str | Path, deep: bool = True) -> DataReport:
+def check_data_dir(path: str | Path, deep: bool = True, split_policy: str | None = None,
+                   selection_fraction: float = splits.SELECTION_FRACTION) -> DataReport:
     """Check a data directory (real or synthetic) and report what it holds.
 
     Args:
@@ -246,6 +285,11 @@ def check_data_dir(path: str | Path, deep: bool = True) -> DataReport:
         DataError: if ``path`` is missing, not a directory, or holds none of the known
             layouts (``fastmri/``, ``annotations/knee.csv``, ``kneemri/metadata.csv``,
             an MRNet root).
+
+    ``split_policy`` (:mod:`mrlib.data.splits`): what a run with that policy would refuse
+    (a training file without target, no evaluation split...) is a problem; chapter 1 runs
+    exactly this check. ``None`` checks the files alone and reports, for each policy,
+    whether a run could use the directory (``found["split_policies"]``).
     """
     if not isinstance(deep, bool):
         raise ParameterError("deep", f"expected True or False, got {deep!r}")
@@ -254,7 +298,7 @@ def check_data_dir(path: str | Path, deep: bool = True) -> DataReport:
         raise DataError(root, "data directory does not exist")
     if not root.is_dir():
         raise DataError(root, "not a directory")
-    report = DataReport(root=root)
+    report = DataReport(root=root, checked_policy=split_policy)
     fm_dir = root / "fastmri"
     ann_csv = root / "annotations" / "knee.csv"
     knee_dir = root / "kneemri"
@@ -266,8 +310,10 @@ def check_data_dir(path: str | Path, deep: bool = True) -> DataReport:
             "annotations/knee.csv, kneemri/metadata.csv, MRNet-v1.0/",
         )
     images: dict[str, tuple[int, int, int]] = {}
+    if split_policy is not None:
+        splits.check_policy(split_policy, selection_fraction)
     if fm_dir.is_dir():
-        images = _check_fastmri(fm_dir, report, deep)
+        images = _check_fastmri(fm_dir, report, deep, (split_policy,) if split_policy else (), selection_fraction)
     if ann_csv.is_file():
         _check_annotations(ann_csv, report, images)
     if knee_dir.is_dir():

@@ -8,7 +8,10 @@ A fastMRI volume is one HDF5 file with
   (multi-coil), float32 ``(slices, H, W)``; a test-split file may lack it;
 - ``ismrmrd_header``: ISMRMRD XML that ``SliceDataset`` reads the encoded and recon
   matrix sizes and the phase-encoding limits from;
-- attributes ``acquisition``, ``max``, ``norm``, ``patient_id``.
+- attributes ``acquisition``, ``max``, ``norm``, ``patient_id``;
+- in the real ``*_test`` split: no target, k-space already undersampled, a ``mask``
+  dataset (bool, one entry per k-space column) and the attributes ``acceleration`` and
+  ``num_low_frequency``.
 
 :func:`validate_h5` checks all of that and turns every problem into a
 :class:`~mrlib.errors.DataError` that names the file, so a user never sees an h5py or
@@ -51,6 +54,9 @@ class VolumeInfo(NamedTuple):
     acquisition: str | None
     encoding_size: tuple | None = None
     recon_size: tuple | None = None
+    patient_id: str | None = None
+    has_mask: bool = False
+    acceleration: int | None = None
 
 
 def _decode(value: Any) -> Any:
@@ -200,6 +206,18 @@ def _validate_open(hf: h5py.File, path: Path, require_target: bool, check_finite
     else:
         target_key = None
 
+    has_mask, acceleration = "mask" in hf, None
+    if has_mask:
+        mask = hf["mask"]
+        width = int(ks.shape[-1])
+        if not isinstance(mask, h5py.Dataset) or mask.ndim != 1 or int(mask.shape[0]) != width:
+            shape = tuple(mask.shape) if isinstance(mask, h5py.Dataset) else "a group"
+            raise DataError(path, f"stored mask has shape {shape} but the k-space has {width} columns "
+                                  f"(kspace {tuple(ks.shape)}); a test file's mask has one entry per column")
+        if not np.asarray(mask[()]).any():
+            raise DataError(path, "stored mask keeps no k-space column")
+        if "acceleration" in hf.attrs:
+            acceleration = int(np.asarray(hf.attrs["acceleration"]).item())
     if check_finite:
         _check_finite(ks, path, "kspace")
         if target_key is not None:
@@ -216,6 +234,9 @@ def _validate_open(hf: h5py.File, path: Path, require_target: bool, check_finite
         acquisition=None if acq is None else str(acq),
         encoding_size=enc,
         recon_size=rec,
+        patient_id=None if hf.attrs.get("patient_id") is None else str(_decode(hf.attrs.get("patient_id"))),
+        has_mask=has_mask,
+        acceleration=acceleration,
     )
 
 
@@ -345,3 +366,12 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
         recon_size=info.recon_size,
     )
     return kspace, target, attrs
+
+
+def read_stored_mask(path: str | Path) -> np.ndarray | None:
+    """The ``mask`` a real test-split file stores (bool, one entry per k-space column), or None."""
+    info = validate_h5(path, require_target=False, check_finite=False)
+    if not info.has_mask:
+        return None
+    with h5py.File(info.path, "r") as hf:
+        return np.asarray(hf["mask"][()]).astype(bool)

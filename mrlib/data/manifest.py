@@ -1,7 +1,9 @@
 """The run manifest: what notebook 01 found in the data directory, for every later step.
 
-The manifest lists the fastMRI splits (files, slices, shapes, acquisitions), the
-annotation and kneeMRI locations with their counts, and the checks that passed. Later
+The manifest lists the fastMRI splits (files, slices, shapes, acquisitions), the role of
+every volume under the run's split policy and why (:mod:`mrlib.data.splits`), how each
+source's arrays are oriented, the annotation and kneeMRI locations with their counts, and
+the checks that passed. Later
 notebooks read the data through it instead of searching the directory again. The run
 directory (:class:`mrlib.rundir.RunDir`) writes and reads it, storing its paths relative.
 """
@@ -9,29 +11,38 @@ directory (:class:`mrlib.rundir.RunDir`) writes and reads it, storing its paths 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from ..errors import DataError
-from .annotations import read_boxes
+from ..errors import DataError, ParameterError
+from .annotations import annotation_counts, canonical_label, read_boxes, read_file_list
 from .check import check_data_dir
 from .fastmri_h5 import find_splits, validate_h5
+from .splits import ROLES, SELECTION_FRACTION, SPLIT_OF_ROLE, FileEntry, assign_roles, role_summary
 
-def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bool = True) -> dict[str, Any]:
-    """Validate ``data_dir`` and describe it.
+def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bool = True,
+                   split_policy: str = "synthetic", selection_fraction: float = SELECTION_FRACTION,
+                   lesion_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """Validate ``data_dir`` and describe it, with every volume's role under ``split_policy``.
+
+    ``lesion_labels``: the fastMRI+ box labels that count as a lesion (empty: every box
+    label); recorded, and applied by :func:`manifest_boxes` for every later chapter.
 
     Raises:
-        DataError: naming the first problem (and how many there are) if any check fails.
+        DataError: naming the first problem (and how many there are) if any check fails,
+            including whatever a run with ``split_policy`` would refuse.
     """
     data_dir = Path(data_dir).resolve()
-    report = check_data_dir(data_dir, deep=deep)
+    report = check_data_dir(data_dir, deep=deep, split_policy=split_policy, selection_fraction=selection_fraction)
     if not report.ok:
         where, what = report.problems[0]
-        more = f" (and {len(report.problems) - 1} more problems; run python -m mrlib check-data {data_dir})"
+        more = (f" (and {len(report.problems) - 1} more problems; run python -m mrlib check-data {data_dir} "
+                f"--split-policy {split_policy})")
         raise DataError(where, what + (more if len(report.problems) > 1 else ""))
-    splits = {}
+    splits, entries = {}, []
     for split, split_dir in find_splits(data_dir, challenge).items():
-        infos = [validate_h5(p, check_finite=False) for p in sorted(split_dir.glob("*.h5"))]
+        infos = [validate_h5(p, require_target=False, check_finite=False) for p in sorted(split_dir.glob("*.h5"))]
         splits[split] = {
             "dir": str(split_dir),
             "files": [
@@ -41,42 +52,109 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
                     "kspace_shape": list(i.kspace_shape),
                     "target_shape": list(i.target_shape) if i.target_shape else None,
                     "acquisition": i.acquisition,
+                    "recon_size": list(i.recon_size[:2]),
+                    "stored_mask": i.has_mask,
+                    "acceleration": i.acceleration,
                 }
                 for i in infos
             ],
         }
+        entries += [FileEntry(split, i.path.name, i.patient_id, i.target_key is not None, i.has_mask) for i in infos]
     if not splits:
         raise DataError(data_dir / "fastmri", f"no {challenge}_{{train,val,test}} directories")
-    first = next(f for s in splits.values() for f in s["files"])
+    roles = assign_roles(entries, split_policy, selection_fraction)
+    files = [f for s in splits.values() for f in s["files"]]
+    with_target = [f for f in files if f["target_shape"]]
+    widths = Counter(f["kspace_shape"][-1] for f in files)
     annotations = data_dir / "annotations" / "knee.csv"
     kneemri = data_dir / "kneemri" / "metadata.csv"
     synth = data_dir / "synth.json"
-    return {
+    synthetic = json.loads(synth.read_text()) if synth.is_file() else None
+    manifest = {
         "data_dir": str(data_dir),
         "challenge": challenge,
+        "split_policy": split_policy,
+        "selection_fraction": float(selection_fraction),
+        "evaluation_split": SPLIT_OF_ROLE[split_policy]["evaluation"],
+        "selection_split": SPLIT_OF_ROLE[split_policy]["selection"],
         "splits": splits,
+        "roles": roles,
         "counts": {
             s: {"volumes": len(v["files"]), "slices": sum(f["n_slices"] for f in v["files"])}
             for s, v in splits.items()
         },
-        "kspace_shape": first["kspace_shape"][-2:],
-        "image_size": first["target_shape"][-2:] if first["target_shape"] else None,
+        "role_counts": role_summary(roles),
+        "kspace_shape": [Counter(tuple(f["kspace_shape"][-2:]) for f in files).most_common(1)[0][0][0],
+                         widths.most_common(1)[0][0]],
+        "kspace_widths": sorted(widths),
+        "image_size": with_target[0]["target_shape"][-2:] if with_target else None,
+        "orientation": orientation(synthetic),
         "annotations": str(annotations) if annotations.is_file() else None,
         "kneemri": str(kneemri.parent) if kneemri.is_file() else None,
         "found": report.found,
         "checks": {"ok": True, "deep": deep, "problems": []},
-        "synthetic": json.loads(synth.read_text()) if synth.is_file() else None,
+        "synthetic": synthetic,
+        "lesion_labels": [canonical_label(label) for label in lesion_labels],
+    }
+    boxes = manifest_boxes(manifest)
+    if boxes is not None:
+        file_list = annotations.parent / "knee_file_list.csv"
+        manifest["annotation_counts"] = annotation_counts(
+            boxes, [Path(f["name"]).stem for f in files], read_file_list(file_list) if file_list.is_file() else None)
+        manifest["annotation_file_list"] = str(file_list) if file_list.is_file() else None
+    return manifest
+
+
+def orientation(synthetic: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How each source's stored arrays relate to the radiological view, for the manifest.
+
+    fastMRI knee arrays are stored upside down relative to the view the fastMRI+
+    annotators (and radiologists) use: fastMRI+ flipped them up/down before annotating.
+    kneeMRI's sagittal volumes are stored the way they are viewed. Synthetic cohorts record
+    how they were written (older ones were written display-up).
+    """
+    fastmri_flip = bool(synthetic.get("display_flip_ud", False)) if synthetic else True
+    return {
+        "fastmri": {"display_flip_ud": fastmri_flip,
+                    "why": ("stored upside down, as the real fastMRI knee arrays; fastMRI+ boxes refer to the "
+                            "up/down-flipped view" if fastmri_flip else "stored display-up (an older synthetic cohort)")},
+        "kneemri": {"display_flip_ud": False, "why": "stored as viewed (sagittal, superior at the top)"},
     }
 
 
-def manifest_boxes(manifest: dict[str, Any]):
+def display_flip(manifest: Mapping[str, Any], source: str = "fastmri") -> bool:
+    """Whether ``source``'s stored slices must be flipped up/down to be seen the radiological way up."""
+    return bool(manifest.get("orientation", {}).get(source, {}).get("display_flip_ud", False))
+
+
+def classifier_flip(manifest: Mapping[str, Any], source: str = "kneemri") -> bool:
+    """Whether fastMRI slices must be flipped up/down to be shown to a classifier trained on
+    ``source``: when one of the two is stored upside down relative to the other."""
+    return display_flip(manifest, "fastmri") != display_flip(manifest, source)
+
+
+def role_files(manifest: Mapping[str, Any], role: str) -> list[Path]:
+    """The HDF5 files the manifest gives ``role`` (``train``, ``selection``, ``evaluation``, ``inference``)."""
+    if role not in ROLES:
+        raise ParameterError("role", f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    return [Path(manifest["splits"][a["split"]]["dir"]) / a["file"] for a in manifest["roles"] if a["role"] == role]
+
+
+def manifest_boxes(manifest: Mapping[str, Any]):
     """The lesion boxes of the manifest's annotations in image coordinates, or ``None``.
 
-    fastMRI+ stores boxes on up/down-flipped images; the manifest's image height un-flips them.
+    fastMRI+ stores boxes on up/down-flipped images; each file's reconstruction size
+    un-flips them. Boxes partly outside the image are clipped, degenerate ones dropped,
+    rows of files not in the data directory skipped, and only the manifest's
+    ``lesion_labels`` kept (:func:`mrlib.data.annotations.read_boxes` counts each in
+    ``attrs``).
     """
     if not manifest.get("annotations"):
         return None
-    return read_boxes(manifest["annotations"], image_height=manifest["image_size"][0])
+    shapes = {Path(f["name"]).stem: tuple(f.get("recon_size") or manifest["image_size"])
+              for split in manifest["splits"].values() for f in split["files"]}
+    return read_boxes(manifest["annotations"], image_height=manifest["image_size"][0], image_shape=shapes,
+                      files=set(shapes), lesion_labels=manifest.get("lesion_labels") or None)
 
 
 def file_index(manifest: dict[str, Any]) -> dict[str, Path]:

@@ -450,7 +450,7 @@ class MeniscalTear(LesionKind):
 
 
 class ACLTear(LesionKind):
-    name, label, probability = "acl", "ACL Tear", 0.2
+    name, label, probability = "acl", "Ligament - ACL High Grade Sprain", 0.2
 
     def place(self, k, rng, z0):
         a, b = k["acl"]
@@ -695,14 +695,22 @@ def _fft2c(image: np.ndarray) -> np.ndarray:
 
 
 def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: bool = False,
-                        render_lesions: bool = True, patient_id: str | None = None) -> SynthVolume:
+                        render_lesions: bool = True, patient_id: str | None = None,
+                        pe: int | None = None) -> SynthVolume:
     """One coronal fastMRI volume with 0-3 lesions, deterministic given ``rng``.
 
-    ``render_lesions=False`` draws exactly the same subject, noise and lesion masks but
-    leaves the lesions out of the image (a lesion-free twin, for tests and figures).
+    The arrays are stored upside down (inferior at the top), as the real fastMRI knee
+    arrays are: ``np.flipud`` of a slice is the radiological view, the one fastMRI+'s boxes
+    refer to. ``render_lesions=False`` draws exactly the same subject, noise and lesion
+    masks but leaves the lesions out of the image (a lesion-free twin, for tests and
+    figures). ``pe``: the k-space width (default :func:`kspace_shape`'s); real files of one
+    split differ in it, with the same pixel size and so a different phase-encode field of view.
     """
     n = cfg.image_size
-    rows, pe = kspace_shape(n)
+    rows, pe_default = kspace_shape(n)
+    pe = pe_default if pe is None else int(pe)
+    if pe % 2 or pe < n:
+        raise ParameterError("pe", f"k-space width must be even and at least the image size {n}, got {pe}")
     pix = FOV_MM / n
     acquisition = ACQUISITIONS[int(rng.integers(2))]
     subj = _draw_subject(rng, "PDFS" if acquisition == "CORPDFS_FBK" else "PD")
@@ -726,6 +734,9 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
                 break
 
     img, fields = _render(subj, "coronal", zs, rows, pe, pix, rng, specs)
+    # stored upside down, as the real fastMRI knee arrays are (fastMRI+ flipped them to annotate)
+    img = np.ascontiguousarray(img[:, ::-1])
+    fields = [(np.ascontiguousarray(w[:, ::-1]), np.ascontiguousarray(v[:, ::-1])) for w, v in fields]
     crop_r, crop_c = _centre_crop_slices(rows, n), _centre_crop_slices(pe, n)
     lesions = []
     for spec, (w, v) in zip(specs, fields):
@@ -770,13 +781,14 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
 
 # ------------------------------------------------------------------------- kneeMRI
 def make_kneemri_exam(cfg: SynthConfig, rng: np.random.Generator,
-                      exam_id: int | None = None) -> tuple[np.ndarray, dict]:
+                      exam_id: int | None = None, n_slices: int | None = None) -> tuple[np.ndarray, dict]:
     """One sagittal PD fat-suppressed kneeMRI exam and its metadata.csv row.
 
-    Returns ``(volume, row)``: volume uint16 [slice, row, column] with 12-bit values;
-    row has the metadata.csv columns (ROI around the ACL, aclDiagnosis 0/1/2).
+    Returns ``(volume, row)``: volume uint16 [slice, row, column] with 12-bit values
+    (``n_slices`` slices, default ``cfg.kneemri_slices``); row has the metadata.csv columns
+    (ROI around the ACL, aclDiagnosis 0/1/2).
     """
-    n, ns = cfg.kneemri_size, cfg.kneemri_slices
+    n, ns = cfg.kneemri_size, int(n_slices or cfg.kneemri_slices)
     pix = KNEEMRI_FOV_MM / n
     diag = int(rng.choice(3, p=[0.5, 0.25, 0.25]))
     knee_lr = int(rng.integers(2))
@@ -850,44 +862,129 @@ def boxes_from_masks(fname: str, lesions: list[Lesion], image_height: int) -> li
     return rows
 
 
+LAYOUTS = ("synthetic", "real")
+#: k-space width offsets of the real layout, in pairs of columns: real knee files of one
+#: split have 368, 372, 356, ... phase encodes
+_REAL_WIDTH_STEPS = (-3, -1, 0, 1, 2)
+
+
+def _real_width(cfg: SynthConfig, rng: np.random.Generator) -> int:
+    """A k-space width for the real layout: the default's, moved by a few column pairs."""
+    _, pe = kspace_shape(cfg.image_size)
+    return max(cfg.image_size, pe + 2 * int(rng.choice(_REAL_WIDTH_STEPS)))
+
+
+def _undersample(vol: SynthVolume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """As the real test split: k-space undersampled by a fastMRI mask, the mask, its attributes."""
+    from fastmri.data.subsample import RandomMaskFunc  # lazy: only the real layout needs it
+
+    acc = int(rng.choice([4, 8]))
+    frac = {4: 0.08, 8: 0.04}[acc]
+    cols = vol.kspace.shape[-1]
+    mask = RandomMaskFunc([frac], [acc])((1, cols, 1), None, int(rng.integers(2**31)))[0].numpy().reshape(cols) > 0
+    attrs = {k: v for k, v in vol.attrs.items() if k not in ("max", "norm")}  # the real test files carry neither
+    attrs.update(acceleration=acc, num_low_frequency=int(round(cols * frac)))
+    return (vol.kspace * mask).astype(np.complex64), mask, attrs
+
+
+def _quirk_rows(files: dict[str, list[str]], image_size: int, box_rows: list[dict]) -> list[dict]:
+    """fastMRI+'s quirks, written so that none changes what a lesion box is:
+
+    labels in odd case and spacing on true boxes; study-level rows with empty box fields;
+    a zero-height box; a box partly outside the image and a row for a file that is not in
+    the data directory (both on the inference-only test split or nowhere).
+    """
+    for row in box_rows[::3]:
+        row["label"] = f"  {row['label'].upper()} "
+    rows = [dict(file=f, slice="", study_level="Yes", x="", y="", width="", height="", label="Artifact")
+            for f in files["train"][:1] + files["val"][:1]]
+    some = files["test"][0] if files["test"] else files["train"][0]
+    n = image_size
+    rows += [
+        dict(file=some, slice=0, study_level="No", x=n // 3, y=n // 3, width=5, height=0, label="Meniscus Tear"),
+        dict(file="file9999999", slice=1, study_level="No", x=10, y=10, width=8, height=8, label="Meniscus Tear"),
+    ]
+    if files["test"]:
+        rows.append(dict(file=files["test"][0], slice=0, study_level="No", x=n - 6, y=2, width=12, height=8,
+                         label="Bone- Subchondral edema"))
+    return rows
+
+
 def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, layout: str = "synthetic") -> dict:
     """Write both synthetic cohorts in their real formats under ``out_dir``.
 
     Layout: ``fastmri/{singlecoil|multicoil}_{train,val,test}/file*.h5``,
     ``annotations/knee.csv``, ``kneemri/*.pck`` + ``kneemri/metadata.csv``, ``synth.json``.
+    The fastMRI arrays are stored upside down, as the real ones (``display_flip_ud``).
+
+    ``layout="real"`` writes the cohort exactly as the real downloads are laid out: k-space
+    widths that differ from file to file; a test split without targets whose k-space is
+    already undersampled, with its ``mask`` and ``acceleration`` / ``num_low_frequency``
+    attributes; a ``knee.csv`` with fastMRI+'s quirks (study-level rows, a degenerate box,
+    a box partly outside the image, a row for an absent file, labels in odd case and
+    spacing) and the ``knee_file_list.csv`` of reviewed files (every file with a lesion and
+    half of the others); two training files of one patient; kneeMRI volumes of differing
+    slice counts. Runs on it with ``split_policy=fastmri``.
+
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
     if not isinstance(cfg, SynthConfig):
         raise ParameterError("cfg", f"must be a SynthConfig, got {type(cfg).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ParameterError("seed", f"must be a non-negative integer, got {seed!r}")
+    if layout not in LAYOUTS:
+        raise ParameterError("layout", f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    real = layout == "real"
     t0 = time.perf_counter()
     out = Path(out_dir)
     challenge = "multicoil" if multicoil else "singlecoil"
     counts = dict(zip(_SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)))
     box_rows: list[dict] = []
     lesion_counts: dict[str, int] = {}
+    names: dict[str, list[str]] = {split: [] for split in _SPLITS}
+    with_lesion: list[str] = []
     file_no = 1000000
     total = sum(counts.values())
+    first_patient = None
     with progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar:
         for split_id, split in enumerate(_SPLITS):
             for i in range(counts[split]):
                 fname = f"file{file_no + 1000 * split_id + i}"
-                vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil)
-                writers.write_fastmri_h5(out / "fastmri" / f"{challenge}_{split}" / f"{fname}.h5",
-                                         vol.kspace, vol.target, vol.attrs, vol.header, multicoil)
-                box_rows += boxes_from_masks(fname, vol.lesions, cfg.image_size)
+                layout_rng = subject_rng(seed, 2, split_id, i)
+                pe = _real_width(cfg, layout_rng) if real else None
+                repeat = real and split == "train" and i == counts[split] - 1 and i > 0
+                vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil, pe=pe,
+                                          patient_id=first_patient if repeat else None)
+                if split == "train" and i == 0:
+                    first_patient = vol.attrs["patient_id"]
+                path = out / "fastmri" / f"{challenge}_{split}" / f"{fname}.h5"
+                if real and split == "test":
+                    kspace, mask, attrs = _undersample(vol, layout_rng)
+                    writers.write_fastmri_h5(path, kspace, None, attrs, vol.header, multicoil, mask=mask)
+                else:
+                    writers.write_fastmri_h5(path, vol.kspace, vol.target, vol.attrs, vol.header, multicoil)
+                    box_rows += boxes_from_masks(fname, vol.lesions, cfg.image_size)
+                names[split].append(fname)
+                if vol.lesions:
+                    with_lesion.append(fname)
                 for lesion in vol.lesions:
                     lesion_counts[lesion.label] = lesion_counts.get(lesion.label, 0) + 1
                 bar.update(1)
+    n_boxes = len(box_rows)
+    if real:
+        box_rows += _quirk_rows(names, cfg.image_size, box_rows)
+        others = [f for split in ("train", "val") for f in names[split] if f not in with_lesion]
+        reviewed = sorted(set(with_lesion) | set(others[::2]) | set(names["test"][:1]))
+        writers.write_file_list(out / "annotations" / "knee_file_list.csv", reviewed)
     writers.write_boxes_csv(out / "annotations" / "knee.csv", box_rows)
 
     meta_rows = []
     diag_counts = {0: 0, 1: 0, 2: 0}
     with progress_bar(total=cfg.kneemri_exams, desc="synthetic kneeMRI", progress=progress) as bar:
         for i in range(cfg.kneemri_exams):
-            vol, row = make_kneemri_exam(cfg, subject_rng(seed, 1, 0, i), exam_id=300000 + 17 * i)
+            n_slices = cfg.kneemri_slices + (i % 3) - 1 if real and cfg.kneemri_slices > 1 else None
+            vol, row = make_kneemri_exam(cfg, subject_rng(seed, 1, 0, i), exam_id=300000 + 17 * i, n_slices=n_slices)
             writers.write_pck(out / "kneemri" / row["volumeFilename"], vol)
             meta_rows.append(row)
             diag_counts[row["aclDiagnosis"]] += 1
@@ -896,11 +993,11 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
         writers.write_kneemri_metadata(out / "kneemri" / "metadata.csv", meta_rows)
 
     summary = dict(
-        challenge=challenge, counts=counts, n_boxes=len(box_rows), lesions=lesion_counts,
+        challenge=challenge, layout=layout, counts=counts, n_boxes=n_boxes, lesions=lesion_counts,
         kneemri_exams=cfg.kneemri_exams,
         kneemri_labels={str(k): v for k, v in diag_counts.items()},
         seconds=round(time.perf_counter() - t0, 2),
     )
     write_json(out / "synth.json", dict(config=asdict(cfg), seed=int(seed), multicoil=bool(multicoil),
-                                        **summary))
+                                        display_flip_ud=True, **summary))
     return summary

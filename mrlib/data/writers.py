@@ -114,32 +114,45 @@ def ismrmrd_header(encoded: Sequence[int], recon: Sequence[int], fov_mm: float,
                                                                        xml_declaration=False)
 
 
-def write_fastmri_h5(path, kspace: np.ndarray, target: np.ndarray, attrs: Mapping,
-                     header: bytes, multicoil: bool = False) -> Path:
+def write_fastmri_h5(path, kspace: np.ndarray, target: np.ndarray | None, attrs: Mapping,
+                     header: bytes, multicoil: bool = False, mask: np.ndarray | None = None) -> Path:
     """Write one fastMRI volume (single-coil: ``reconstruction_esc``; multi-coil: ``_rss``).
 
     kspace: complex (slices, 2N, PE) or, multi-coil, (slices, coils, 2N, PE);
-    target: float (slices, N, N). ``attrs`` must hold acquisition, max, norm, patient_id.
+    target: float (slices, N, N), or ``None`` for a test-split file, which then needs its
+    ``mask`` (bool, PE: the columns its already undersampled k-space keeps) and the
+    attributes ``acceleration`` and ``num_low_frequency``. ``attrs`` must hold acquisition
+    and patient_id, and max and norm with a target.
     """
     path = Path(path)
     kspace = np.asarray(kspace)
-    target = np.asarray(target)
     ndim = 4 if multicoil else 3
     if kspace.ndim != ndim or not np.iscomplexobj(kspace):
         raise DataError(path, f"kspace must be complex with {ndim} dimensions, got "
                               f"{kspace.dtype} {kspace.shape}")
-    if target.ndim != 3 or target.shape[0] != kspace.shape[0]:
-        raise DataError(path, f"target must be (slices, N, N) matching kspace, got {target.shape}")
-    if not (np.isfinite(kspace).all() and np.isfinite(target).all()):
+    required = {"acquisition", "patient_id"}
+    if target is not None:
+        target = np.asarray(target)
+        if target.ndim != 3 or target.shape[0] != kspace.shape[0]:
+            raise DataError(path, f"target must be (slices, N, N) matching kspace, got {target.shape}")
+        required |= {"max", "norm"}
+    else:
+        if mask is None or np.asarray(mask).shape != (kspace.shape[-1],):
+            raise DataError(path, f"a file without target needs a mask of {kspace.shape[-1]} columns")
+        required |= {"acceleration", "num_low_frequency"}
+    if not (np.isfinite(kspace).all() and (target is None or np.isfinite(target).all())):
         raise DataError(path, "NaN or infinity in kspace or target")
-    missing = {"acquisition", "max", "norm", "patient_id"} - set(attrs)
+    missing = required - set(attrs)
     if missing:
         raise DataError(path, f"missing attributes {sorted(missing)}")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as hf:
             hf.create_dataset("kspace", data=kspace.astype(np.complex64, copy=False))
-            key = "reconstruction_rss" if multicoil else "reconstruction_esc"
-            hf.create_dataset(key, data=target.astype(np.float32, copy=False))
+            if target is not None:
+                key = "reconstruction_rss" if multicoil else "reconstruction_esc"
+                hf.create_dataset(key, data=target.astype(np.float32, copy=False))
+            else:
+                hf.create_dataset("mask", data=np.asarray(mask, dtype=bool))
             hf.create_dataset("ismrmrd_header", data=np.bytes_(header))
             for name, value in attrs.items():
                 hf.attrs[name] = value
@@ -178,3 +191,11 @@ def write_kneemri_metadata(path, rows: Iterable[Mapping]) -> Path:
 def write_boxes_csv(path, rows: Iterable[Mapping]) -> Path:
     """Write fastMRI+ boxes (columns ``annotations.COLUMNS``), y already flipped."""
     return _write_csv(path, COLUMNS, rows)
+
+
+def write_file_list(path, stems: Iterable[str]) -> Path:
+    """Write fastMRI+'s ``knee_file_list.csv`` as the real one is: no header, one reviewed
+    file per line, then the caption line ``Knee data``."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(f"{s}\n" for s in stems) + "Knee data\n")
+    return Path(path)
