@@ -145,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     make_variant(cfg.variant, cfg.identity())  # an unknown variant fails before anything is written
     try:
         if args.data is not None:
-            _prepare_run_dir(RunDir(args.run_dir), args.data, args.accelerations, args.center_fractions)
+            _prepare_run_dir(RunDir(args.run_dir), args.data, args.accelerations, args.center_fractions,
+                             args.split_policy)
         result = train_command(cfg, args.run_dir, resume=not args.no_resume, progress=not args.quiet)
     except MrlibError as exc:
         if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike; rank 0 says why
@@ -159,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_run_dir(rd: RunDir, data: str, accelerations, center_fractions) -> None:
+def _prepare_run_dir(rd: RunDir, data: str, accelerations, center_fractions, split_policy: str) -> None:
     """For ``train --data``: what chapters 1 and 2 would write, if the run directory lacks it
     (rank 0 writes, the others wait for the files)."""
     if rd.manifest_path.is_file():
@@ -169,7 +170,7 @@ def _prepare_run_dir(rd: RunDir, data: str, accelerations, center_fractions) -> 
                                  "use another --run-dir, or leave out --data")
     if os.environ.get("RANK", "0") == "0":
         if not rd.manifest_path.is_file():
-            rd.write_manifest(build_manifest(data))
+            rd.write_manifest(build_manifest(data, split_policy=split_policy, needed_roles=("train", "selection")))
         if not rd.masking_path.is_file():
             rd.write_mask_spec(MaskSpec("random", tuple(accelerations), tuple(center_fractions)), seed=0)
     else:
@@ -221,7 +222,10 @@ def _add_train(sub) -> None:
                        "or, with --data, a new one")
     where.add_argument("--data", default=None, help="data root (fastmri/singlecoil_{train,val}); the run "
                        "directory's manifest and masking spec are made from it if missing")
-    data = p.add_argument_group("masking, with --data only")
+    data = p.add_argument_group("the data's splits and masking, with --data only")
+    data.add_argument("--split-policy", choices=POLICIES, default="synthetic",
+                      help="which volumes train and which select checkpoints (default: synthetic; fastmri for the "
+                           "real splits, as the notebooks' split_policy)")
     data.add_argument("--accelerations", type=int, nargs="+", default=[4, 8], help="accelerations (default: 4 8)")
     data.add_argument("--center-fractions", type=float, nargs="+", default=[0.08, 0.04],
                       help="centre fractions (default: 0.08 0.04)")

@@ -98,17 +98,19 @@ class BenchConfig:
 
 # --------------------------------------------------------------------------- data
 
-def ensure_data(cfg: BenchConfig, progress: bool = False) -> tuple[Path, list[Path]]:
+def ensure_data(cfg: BenchConfig, progress: bool = False, layout: str = "synthetic") -> tuple[Path, list[Path]]:
     """The benchmark's split: ``cfg.data``'s ``fastmri/singlecoil_train`` if it has one, else
-    synthetic volumes generated once into ``cfg.data`` (or a temporary directory).
+    synthetic volumes generated once into ``cfg.data`` (or a temporary directory);
+    ``layout="real"`` generates them with k-space widths that differ between files, as
+    the real data's (always in a temporary directory).
 
     Returns ``(split_dir, files)``; a split with more files than ``n_volumes`` is reduced
     to a directory of links to the first ``n_volumes`` (so fastMRI's dataset sees the same),
     made in the temporary directory. Nothing in a directory the user passed is deleted: a
     cache there of another geometry is refused, not regenerated.
     """
-    root = Path(cfg.data) if cfg.data else Path(tempfile.gettempdir()) / "mrlib-bench" / (
-        f"n{cfg.image_size}_s{cfg.n_slices}_v{cfg.n_volumes}_seed{cfg.seed}")
+    root = Path(cfg.data) if cfg.data and layout == "synthetic" else Path(tempfile.gettempdir()) / "mrlib-bench" / (
+        f"n{cfg.image_size}_s{cfg.n_slices}_v{cfg.n_volumes}_seed{cfg.seed}" + ("_mixed" if layout == "real" else ""))
     split = root / "fastmri" / "singlecoil_train"
     meta = root / "synth.json"
     want = dict(image_size=cfg.image_size, n_slices=cfg.n_slices)
@@ -126,10 +128,10 @@ def ensure_data(cfg: BenchConfig, progress: bool = False) -> tuple[Path, list[Pa
         shutil.rmtree(root / "fastmri", ignore_errors=True)  # our own temporary cache only
         generate(root, SynthConfig(image_size=cfg.image_size, n_slices=cfg.n_slices, n_train=cfg.n_volumes,
                                    n_val=0, n_test=0, kneemri_exams=0, kneemri_slices=1, kneemri_size=32),
-                 seed=cfg.seed, progress=progress)
+                 seed=cfg.seed, progress=progress, layout=layout)
     files = fastmri_h5.list_volumes(split)
     if len(files) > cfg.n_volumes:
-        sub = Path(tempfile.gettempdir()) / "mrlib-bench" / f"split_{os.getpid()}"
+        sub = Path(tempfile.gettempdir()) / "mrlib-bench" / f"split_{os.getpid()}_{layout}"
         shutil.rmtree(sub, ignore_errors=True)
         sub.mkdir(parents=True)
         for f in files[: cfg.n_volumes]:
@@ -330,6 +332,26 @@ def bench_data_path(cfg: BenchConfig, split: Path, files: list[Path], device: to
     return out
 
 
+def data_ratio(cfg: BenchConfig, split: Path, files: list[Path], device: torch.device, repeats: int = 5) -> dict:
+    """The data-path ratio (mrlib's in-memory bank over fastMRI's loader, pairs per second)
+    as the median of ``repeats`` repeats; each repeat times one epoch of each, alternating
+    which goes first, so a change in the machine's load falls on both alike."""
+    func = MaskSpec().mask_func()
+    bank = SliceBank(files, device)
+    ratios = []
+    for r in range(repeats):
+        pps = {}
+        for name in (("reference", "ours") if r % 2 == 0 else ("ours", "reference")):
+            pairs = (_ref_pairs(reference_loader(split, func, cfg.batch_size, cfg.workers, device), device)
+                     if name == "reference" else _our_pairs(bank, func, cfg.batch_size, cfg.seed, r))
+            n, sec = _timed_epoch(pairs, device)
+            pps[name] = n / sec
+        ratios.append(pps["ours"] / pps["reference"])
+    widths = sorted({_kspace_shape(f)[-1] for f in files})
+    return dict(median_ratio=round(float(np.median(ratios)), 2), ratios=[round(x, 2) for x in ratios],
+                kspace_widths=widths, volumes=len(files))
+
+
 # --------------------------------------------------------------------------- training
 
 def _train_step(model, opt, batch, device: torch.device, amp: bool, channels_last: bool) -> int:
@@ -486,6 +508,10 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict:
     sections = {"data": bench_data_path, "train": bench_training, "inference": bench_inference}
     for name in cfg.sections:
         results[name] = sections[name](cfg, split, files, device)
+    if "data" in cfg.sections:  # uniform and mixed k-space widths, each the median of 5 repeats
+        mixed_split, mixed_files = ensure_data(cfg, progress=progress, layout="real")
+        results["data_repeats"] = {"uniform": data_ratio(cfg, split, files, device),
+                                   "mixed": data_ratio(cfg, mixed_split, mixed_files, device)}
     results["load_after"] = load_average()
     return results
 
@@ -513,6 +539,12 @@ def format_table(r: dict) -> str:
                   f"   ratio {d['ratio_with_load']:.2f}x",
                   f"  mrlib StreamingBank             {d['ours_streaming']['pairs_per_s']:>8.1f}   "
                   f"{d['ours_streaming']['peak_mib']:>8.1f}   ratio {d['ratio_streaming']:.2f}x", ""]
+    if "data_repeats" in r:
+        lines.append("data-path ratio, mrlib SliceBank over fastMRI, median of 5 alternating repeats")
+        for kind, d in r["data_repeats"].items():
+            lines.append(f"  {kind + ' k-space widths':<24} {d['median_ratio']:>5.2f}x   (repeats "
+                         f"{', '.join(f'{x:.2f}' for x in d['ratios'])}; widths {d['kspace_widths']})")
+        lines.append("")
     if "train" in r:
         t = r["train"]
 

@@ -72,6 +72,8 @@ def test_manifest_paths_are_stored_relative_and_resolved_on_read(tmp_path):
     (data / "annotations").mkdir()
     (data / "annotations" / "knee.csv").write_text("")
     rd.write_manifest({"data_dir": str(data), "splits": {"val": {"dir": str(split), "files": [{"name": "file1.h5"}]}},
+                       "roles": [{"split": "val", "file": "file1.h5", "role": "selection"}],
+                       "split_policy": "synthetic",
                        "annotations": str(data / "annotations" / "knee.csv"), "kneemri": None})
     stored = json.loads(rd.manifest_path.read_text())
     assert stored["data_dir"] == RunDir.DATA
@@ -81,9 +83,9 @@ def test_manifest_paths_are_stored_relative_and_resolved_on_read(tmp_path):
     rd.root.rename(moved.root)
     m = moved.read_manifest()
     assert m["data_dir"] == str(moved.default_data.resolve())
-    assert moved.split_paths("val", m) == [moved.default_data.resolve() / "fastmri" / "singlecoil_val" / "file1.h5"]
+    assert moved.split_paths("selection", m) == [moved.default_data.resolve() / "fastmri" / "singlecoil_val" / "file1.h5"]
     assert m["annotations"] == str(moved.default_data.resolve() / "annotations" / "knee.csv")
-    with pytest.raises(DataError, match="has no train split"):
+    with pytest.raises(DataError, match="gives no volume the train role"):
         moved.split_paths("train", m)
 
 

@@ -40,7 +40,7 @@ class Centre(LossVariant):
 def test_a_new_variant_is_one_class_and_trains_through_notebook_05s_function(synth_data, tmp_path):
     assert variants.REGISTRY["centre-test"] is Centre
     splits = {s: sorted((synth_data / "fastmri" / f"singlecoil_{s}").glob("*.h5")) for s in ("train", "val")}
-    banks = {s: load_bank(p, "cpu") for s, p in splits.items()}
+    banks = {"train": load_bank(splits["train"], "cpu"), "selection": load_bank(splits["val"], "cpu")}
     run = RunDir(tmp_path / "run")
     cfg = UnetConfig(variant="centre-test[alpha=9]", unet_epochs=1, chans=4, pools=1)
     config, history = train_run(banks, MaskSpec(), cfg, run, WeightContext(), progress=False)

@@ -64,7 +64,7 @@ class DataReport:
             for policy, verdict in verdicts.items():
                 lines.append(f"  {challenge} with split_policy={policy}: {verdict}")
             if not self.checked_policy:
-                lines.append("    (pass --split-policy to make a policy's refusals problems, as a run does)")
+                lines.append("    (pass --split-policy to check the directory as a run with that policy does)")
         a = self.found.get("annotations")
         if a:
             labels = ", ".join(f"{k} (x{v})" for k, v in a["labels"].items()) or "none"
@@ -105,8 +105,8 @@ def _shape_str(shape: tuple) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def _check_fastmri(base: Path, report: DataReport, deep: bool,
-                   policies: tuple[str, ...], selection_fraction: float) -> dict[str, tuple[int, int, int]]:
+def _check_fastmri(base: Path, report: DataReport, deep: bool, policies: tuple[str, ...],
+                   selection_fraction: float, needed: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
     """Check every split folder and what each split policy would make of it.
 
     Returns file stem -> (slices, H, W) for the annotation checks.
@@ -161,7 +161,7 @@ def _check_fastmri(base: Path, report: DataReport, deep: bool,
             continue
         usable[challenge] = {}
         for policy in splits.POLICIES:
-            problems = splits.policy_problems(entries, policy, challenge, selection_fraction)
+            problems = splits.policy_problems(entries, policy, challenge, selection_fraction, needed)
             if policy in policies:
                 for where, what in problems:
                     report.add(base.parent / where, what)
@@ -269,7 +269,8 @@ def _check_mrnet(root: Path, report: DataReport, deep: bool) -> None:
 
 
 def check_data_dir(path: str | Path, deep: bool = True, split_policy: str | None = None,
-                   selection_fraction: float = splits.SELECTION_FRACTION) -> DataReport:
+                   selection_fraction: float = splits.SELECTION_FRACTION,
+                   needed_roles: tuple[str, ...] = splits.TARGET_ROLES) -> DataReport:
     """Check a data directory (real or synthetic) and report what it holds.
 
     Args:
@@ -313,7 +314,8 @@ def check_data_dir(path: str | Path, deep: bool = True, split_policy: str | None
     if split_policy is not None:
         splits.check_policy(split_policy, selection_fraction)
     if fm_dir.is_dir():
-        images = _check_fastmri(fm_dir, report, deep, (split_policy,) if split_policy else (), selection_fraction)
+        images = _check_fastmri(fm_dir, report, deep, (split_policy,) if split_policy else (), selection_fraction,
+                                tuple(needed_roles))
     if ann_csv.is_file():
         _check_annotations(ann_csv, report, images)
     if knee_dir.is_dir():

@@ -19,22 +19,25 @@ from ..errors import DataError, ParameterError
 from .annotations import annotation_counts, canonical_label, read_boxes, read_file_list
 from .check import check_data_dir
 from .fastmri_h5 import find_splits, validate_h5
-from .splits import ROLES, SELECTION_FRACTION, SPLIT_OF_ROLE, FileEntry, assign_roles, role_summary
+from .splits import (ROLES, SELECTION_FRACTION, SPLIT_OF_ROLE, TARGET_ROLES, FileEntry, assign_roles,
+                     role_summary)
 
 def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bool = True,
                    split_policy: str = "synthetic", selection_fraction: float = SELECTION_FRACTION,
-                   lesion_labels: Sequence[str] = ()) -> dict[str, Any]:
+                   lesion_labels: Sequence[str] = (), needed_roles: Sequence[str] = TARGET_ROLES) -> dict[str, Any]:
     """Validate ``data_dir`` and describe it, with every volume's role under ``split_policy``.
 
     ``lesion_labels``: the fastMRI+ box labels that count as a lesion (empty: every box
     label); recorded, and applied by :func:`manifest_boxes` for every later chapter.
+    ``needed_roles``: the roles that must get volumes (``mrlib train`` needs no evaluation split).
 
     Raises:
         DataError: naming the first problem (and how many there are) if any check fails,
             including whatever a run with ``split_policy`` would refuse.
     """
     data_dir = Path(data_dir).resolve()
-    report = check_data_dir(data_dir, deep=deep, split_policy=split_policy, selection_fraction=selection_fraction)
+    report = check_data_dir(data_dir, deep=deep, split_policy=split_policy, selection_fraction=selection_fraction,
+                            needed_roles=tuple(needed_roles))
     if not report.ok:
         where, what = report.problems[0]
         more = (f" (and {len(report.problems) - 1} more problems; run python -m mrlib check-data {data_dir} "

@@ -119,11 +119,13 @@ def assign_roles(files: Iterable[FileEntry], policy: str,
 
 
 def policy_problems(files: Iterable[FileEntry], policy: str, challenge: str,
-                    selection_fraction: float = SELECTION_FRACTION) -> list[tuple[str, str]]:
+                    selection_fraction: float = SELECTION_FRACTION,
+                    needed: Iterable[str] = TARGET_ROLES) -> list[tuple[str, str]]:
     """What a run with ``policy`` would refuse in these files, each ``(where, what)``.
 
-    A file in a role that needs a target but has none; a role that needs volumes and gets
-    none (train, selection, evaluation).
+    A file in a role that needs a target but has none; a role of ``needed`` (default: train,
+    selection and evaluation, what the chapters need; ``mrlib train`` needs only the first
+    two) that gets no volume.
     """
     files = list(files)
     check_policy(policy, selection_fraction)
@@ -141,7 +143,7 @@ def policy_problems(files: Iterable[FileEntry], policy: str, challenge: str,
             problems.append((f"fastmri/{challenge}_{f.split}/{f.name}",
                              "has neither a target nor a stored mask: its undersampling is unknown, "
                              "so it can be neither scored nor reconstructed"))
-    for role in TARGET_ROLES:
+    for role in needed:
         if not any(a["role"] == role for a in roles):
             split = SPLIT_OF_ROLE[policy][role]
             problems.append((f"fastmri/{challenge}_{split}",

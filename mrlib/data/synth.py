@@ -716,8 +716,8 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     subj = _draw_subject(rng, "PDFS" if acquisition == "CORPDFS_FBK" else "PD")
     z_lo, z_hi = SLICE_SPAN_MM
     zs = z_lo + (np.arange(cfg.n_slices) + 0.5) * (z_hi - z_lo) / cfg.n_slices + rng.normal(0, 1.0)
-    if patient_id is None:
-        patient_id = "".join(rng.choice(list("0123456789abcdef"), 32))
+    drawn_id = "".join(rng.choice(list("0123456789abcdef"), 32))  # drawn always: the subject does not depend on it
+    patient_id = drawn_id if patient_id is None else patient_id
 
     # lesions: kinds (distinct), each placed to cross a chosen slice
     n_les = int(rng.choice(4, p=[0.2, 0.35, 0.3, 0.15]))
