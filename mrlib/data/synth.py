@@ -868,10 +868,11 @@ LAYOUTS = ("synthetic", "real")
 _REAL_WIDTH_STEPS = (-3, -1, 0, 1, 2)
 
 
-def _real_width(cfg: SynthConfig, rng: np.random.Generator) -> int:
-    """A k-space width for the real layout: the default's, moved by a few column pairs."""
+def _real_width(cfg: SynthConfig, index: int) -> int:
+    """The k-space width of the ``index``-th file of a split in the real layout: the
+    default's, moved by a few column pairs, so that any few consecutive files differ."""
     _, pe = kspace_shape(cfg.image_size)
-    return max(cfg.image_size, pe + 2 * int(rng.choice(_REAL_WIDTH_STEPS)))
+    return max(cfg.image_size, pe + 2 * _REAL_WIDTH_STEPS[(3 * index) % len(_REAL_WIDTH_STEPS)])
 
 
 def _undersample(vol: SynthVolume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -952,7 +953,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
             for i in range(counts[split]):
                 fname = f"file{file_no + 1000 * split_id + i}"
                 layout_rng = subject_rng(seed, 2, split_id, i)
-                pe = _real_width(cfg, layout_rng) if real else None
+                pe = _real_width(cfg, split_id + i) if real else None
                 repeat = real and split == "train" and i == counts[split] - 1 and i > 0
                 vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil, pe=pe,
                                           patient_id=first_patient if repeat else None)
