@@ -33,11 +33,11 @@ from .errors import DataError, ParameterError
 from .masking import file_seed, make_masks
 from .metrics import METRICS, ZERO_FILLED, ZERO_FILLED_SEED, roi_metrics, volume_metrics
 from .models import build_unet
-from .recon import SliceBank, reconstruct, reconstruct_kspace, zero_filled_volume
+from .recon import SliceBank, load_bank, reconstruct, reconstruct_kspace, zero_filled_volume
 from .rundir import RunDir, as_run_dir
 from .runtime import pick_device, progress_bar
 from .stats import summarize
-from .submission import score_folder, write_folder
+from .submission import FolderWriter, score_folder, write_folder
 from .train import load_weights
 
 COLUMNS = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
@@ -159,7 +159,9 @@ def evaluate(
     saved = first_seeds(runs, save_variants)
     device = pick_device(device) if isinstance(device, str) else device
     models = [(run, load_run(run_dir, run, device)) for run in runs]  # fail early on a bad checkpoint
-    bank = SliceBank(paths, device)
+    if saved:
+        rd.clear_reconstructions(manifest["evaluation_split"])
+    bank = load_bank(paths, device)  # in memory when it fits, else streamed from disk
     stems = list(bank.volumes)
     gts = {stem: bank.target[bank.volumes[stem]].cpu().numpy() for stem in stems}
     rois = {stem: boxes_by_slice(boxes, stem) for stem in stems}
@@ -238,31 +240,37 @@ def infer(
               for v, s in chosen]
     entries = {f["name"]: f for split in manifest["splits"].values() for f in split["files"]}
     split_of = {a["file"]: a["split"] for a in manifest["roles"]}
-    inputs = []  # (split, acceleration, stem, kspace (S, rows, cols, 2), masks (S, 1, cols, 1), crop)
-    for path in paths:
-        kspace = T.to_tensor(read_volume(path)[0])
-        crop = tuple(entries[path.name]["recon_size"])
-        stored = read_stored_mask(path)
-        if stored is not None:
-            acc = int(entries[path.name]["acceleration"] or round(len(stored) / max(1, int(stored.sum()))))
-            masks = torch.as_tensor(stored, dtype=torch.float32).reshape(1, 1, -1, 1).expand(kspace.shape[0], -1, -1, -1)
-            inputs.append((split_of[path.name], acc, path.stem, kspace, masks, crop))
-        else:
-            for acc in spec.accelerations:
-                masks = make_masks(spec.mask_func(acc), kspace.shape, [file_seed(path.name)] * kspace.shape[0])
-                inputs.append((split_of[path.name], acc, path.stem, kspace, masks, crop))
+    writers: dict[tuple[str, int, str, int], FolderWriter] = {}
     rows = []
-    with progress_bar(total=len(models) * len(inputs), desc="inference", unit="volume", progress=progress) as bar:
-        for variant, seed, model in models:
-            folders: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-            for split, acc, stem, kspace, masks, crop in inputs:
-                recon, seconds = reconstruct_kspace(model, kspace, masks, crop, batch_size)
-                folders.setdefault((split, acc), {})[stem] = recon
-                rows.append(dict(variant=variant, seed=seed, acceleration=acc, volume=stem, seconds=seconds,
-                                 folder=str(rd.reconstructions(split, variant, seed, acc).relative_to(rd.root))))
-                bar.update(1)
-            for (split, acc), recons in folders.items():
-                write_folder(rd.reconstructions(split, variant, seed, acc), recons)
+    try:
+        with progress_bar(total=len(models) * len(paths), desc="inference", unit="volume", progress=progress) as bar:
+            for path in paths:  # one volume in memory at a time
+                kspace = T.to_tensor(read_volume(path)[0])
+                crop = tuple(entries[path.name]["recon_size"])
+                stored = read_stored_mask(path)
+                if stored is not None:  # the real test split: undersampled with this mask
+                    acc = int(entries[path.name]["acceleration"] or round(len(stored) / max(1, int(stored.sum()))))
+                    masks = {acc: torch.as_tensor(stored, dtype=torch.float32).reshape(1, 1, -1, 1)
+                             .expand(kspace.shape[0], -1, -1, -1)}
+                else:
+                    masks = {acc: make_masks(spec.mask_func(acc), kspace.shape, [file_seed(path.name)] * kspace.shape[0])
+                             for acc in spec.accelerations}
+                for variant, seed, model in models:
+                    for acc, mask in masks.items():
+                        recon, seconds = reconstruct_kspace(model, kspace, mask, crop, batch_size)
+                        key = (variant, seed, split_of[path.name], acc)
+                        if key not in writers:
+                            writers[key] = FolderWriter(rd.reconstructions(key[2], variant, seed, acc))
+                        writers[key].add(path.stem, recon)
+                        rows.append(dict(variant=variant, seed=seed, acceleration=acc, volume=path.stem,
+                                         seconds=seconds, folder=str(writers[key].folder.relative_to(rd.root))))
+                    bar.update(1)
+    except BaseException:
+        for writer in writers.values():
+            writer.discard()
+        raise
+    for writer in writers.values():
+        writer.commit()
     return pd.DataFrame(rows, columns=columns)
 
 

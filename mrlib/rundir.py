@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -309,6 +310,11 @@ class RunDir:
         ``reconstructions/<split>/<variant>/seed<N>/<acceleration>x/``, one ``<file>.h5`` per volume."""
         return (self.root / self.RECONSTRUCTIONS / str(split) / _variant_dir(variant) / f"seed{int(seed)}"
                 / f"{int(acceleration)}x")
+
+    def clear_reconstructions(self, split: str) -> None:
+        """Remove every reconstruction folder of ``split`` (before an evaluation writes anew,
+        so that no folder of an earlier evaluation is scored beside this one's metrics)."""
+        shutil.rmtree(self.root / self.RECONSTRUCTIONS / str(split), ignore_errors=True)
 
     def reconstruction_folders(self, split: str) -> list[tuple[str, int, int, Path]]:
         """``(variant, seed, acceleration, folder)`` of every reconstruction folder of ``split``."""

@@ -30,34 +30,66 @@ from .errors import DataError
 RECONSTRUCTION_KEY = "reconstruction"
 
 
-def write_folder(folder: str | Path, recons: Mapping[str, np.ndarray]) -> Path:
-    """Write ``{file stem: (slices, H, W) reconstruction}`` as ``folder/<stem>.h5``, atomically.
+class FolderWriter:
+    """Write one folder of reconstructions a volume at a time, published at :meth:`commit`.
 
-    An existing folder is replaced as a whole.
+    Volumes go into a hidden temporary folder beside ``folder`` (readable like any other
+    folder); :meth:`commit` moves an existing ``folder`` aside, renames the temporary one
+    into place and deletes the old one, so a reader sees the old folder or the new one,
+    never half of one. Hidden leftovers of a killed writer are removed when a new writer
+    for the same folder starts. Use as a context manager: an exception discards the
+    temporary folder and leaves ``folder`` as it was.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        for stem, recon in recons.items():
-            recon = np.asarray(recon, dtype=np.float32)
-            if recon.ndim != 3:
-                raise DataError(folder / f"{stem}.h5", f"a reconstruction is (slices, H, W), got shape {recon.shape}")
-            with h5py.File(tmp / f"{stem}.h5", "w") as hf:
-                hf.create_dataset(RECONSTRUCTION_KEY, data=recon, compression="gzip", compression_opts=4,
-                                  chunks=(1, *recon.shape[1:]))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.parent.glob(f".{self.folder.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
+        os.chmod(self.tmp, 0o755)
+        self.written: list[str] = []
+
+    def add(self, stem: str, recon: np.ndarray) -> None:
+        """Write ``<stem>.h5`` with the ``(slices, H, W)`` reconstruction (float32, gzip)."""
+        recon = np.asarray(recon, dtype=np.float32)
+        if recon.ndim != 3:
+            raise DataError(self.folder / f"{stem}.h5", f"a reconstruction is (slices, H, W), got shape {recon.shape}")
+        with h5py.File(self.tmp / f"{stem}.h5", "w") as hf:
+            hf.create_dataset(RECONSTRUCTION_KEY, data=recon, compression="gzip", compression_opts=4,
+                              chunks=(1, *recon.shape[1:]))
+        self.written.append(stem)
+
+    def commit(self) -> Path:
+        if self.folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.old.", dir=self.folder.parent))
+            self.folder.rename(old / "folder")
+            self.tmp.rename(self.folder)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+            self.tmp.rename(self.folder)
+        return self.folder
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "FolderWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_folder(folder: str | Path, recons: Mapping[str, np.ndarray]) -> Path:
+    """Write ``{file stem: (slices, H, W) reconstruction}`` as ``folder/<stem>.h5``, atomically
+    (:class:`FolderWriter`); an existing folder is replaced as a whole."""
+    with FolderWriter(folder) as writer:
+        for stem, recon in recons.items():
+            writer.add(stem, recon)
+    return writer.folder
 
 
 def score_folder(predictions: str | Path, targets: Sequence[str | Path],

@@ -221,6 +221,17 @@ def test_manifest_records_the_flip_as_a_property_of_the_source(real):
     assert classifier_flip(m, "kneemri")  # the kneeMRI classifier sees fastMRI slices turned the right way up
 
 
+def test_lesion_labels_are_fastmri_plus_labels(real):
+    from mrlib.data.manifest import manifest_boxes
+    from mrlib.errors import ParameterError
+
+    m = build_manifest(real, split_policy="fastmri", deep=False, lesion_labels=["  meniscus   TEAR"])
+    assert m["lesion_labels"] == ["Meniscus Tear"]
+    assert set(manifest_boxes(m).label) == {"Meniscus Tear"}
+    with pytest.raises(ParameterError, match="Meniscal Tear"):  # a typo would drop every box
+        build_manifest(real, split_policy="fastmri", deep=False, lesion_labels=["Meniscal Tear"])
+
+
 # ----------------------------------------------------------------------------- submission layout
 
 def test_write_folder_is_atomic_and_score_folder_needs_every_volume(real, tmp_path):
@@ -239,6 +250,34 @@ def test_write_folder_is_atomic_and_score_folder_needs_every_volume(real, tmp_pa
     with pytest.raises(DataError, match="a reconstruction is"):
         write_folder(tmp_path / "bad", {"x": np.zeros((3, 3))})
     assert not (tmp_path / "bad").exists()
+    # replacing: a failure halfway leaves the old folder whole; a success replaces it as a whole
+    first = write_folder(tmp_path / "recon" / "8x", {"a": np.ones((2, 4, 4)), "b": np.ones((2, 4, 4))})
+    with pytest.raises(DataError):
+        write_folder(first, {"c": np.zeros((2, 4, 4)), "d": np.zeros(3)})
+    assert sorted(p.name for p in first.iterdir()) == ["a.h5", "b.h5"]
+    write_folder(first, {"c": np.zeros((2, 4, 4))})
+    assert sorted(p.name for p in first.iterdir()) == ["c.h5"]
+    assert sorted(p.name for p in first.parent.iterdir()) == ["4x", "8x"]  # no temporary left behind
+    assert oct(first.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_figures_turn_the_radiological_way_up():
+    import matplotlib.pyplot as plt
+
+    from mrlib import viz
+
+    image = np.arange(16.0).reshape(4, 4)
+    try:
+        viz.set_display_flip(True)
+        fig = viz.image_grid([image, image], boxes=[[(0, 0, 2, 1, "")], []])
+        assert not any(ax.yaxis_inverted() for ax in fig.axes)  # row 0 at the bottom: flipped up/down
+        fig = viz.image_grid([image], flip_ud=False)  # a source stored as viewed (kneeMRI)
+        assert fig.axes[0].yaxis_inverted()
+        viz.set_display_flip(False)
+        assert viz.image_grid([image]).axes[0].yaxis_inverted()  # imshow's default: row 0 at the top
+    finally:
+        viz.set_display_flip(False)
+        plt.close("all")
 
 
 # ----------------------------------------------------------------------------- the whole chain
@@ -270,9 +309,18 @@ def test_whole_chain_on_the_real_layout_with_the_fastmri_preset(real, tmp_path):
         written = {f.name for v, _, _, folder in rd.reconstruction_folders("test") if v == variant
                    for f in folder.iterdir()}
         assert written == {p.name for p in tests}, variant
-    for p in tests:  # each into its own acceleration's folder
+    from mrlib.evaluate import load_run, read_runs
+    from mrlib.recon import reconstruct_kspace
+
+    model = load_run(rd, read_runs(rd, ["unweighted"])[0], "cpu")
+    for p in tests:  # each into its own acceleration's folder, reconstructed with the file's stored mask
         acc = fastmri_h5.validate_h5(p, require_target=False).acceleration
-        assert (rd.reconstructions("test", "unweighted", 0, acc) / p.name).is_file()
+        with h5py.File(rd.reconstructions("test", "unweighted", 0, acc) / p.name) as hf:
+            written = hf["reconstruction"][()]
+        kspace = torch.view_as_real(torch.from_numpy(fastmri_h5.read_volume(p)[0]))
+        mask = torch.from_numpy(fastmri_h5.read_stored_mask(p)).float().reshape(1, 1, -1, 1)
+        want, _ = reconstruct_kspace(model, kspace, mask.expand(kspace.shape[0], -1, -1, -1), (64, 64))
+        np.testing.assert_allclose(written, want, rtol=1e-5, atol=1e-6)
     scores = score_saved(rd)
     assert set(scores.variant) == {"unweighted", "gradcam"} and len(scores) == 4  # 2 variants x 2 accelerations
     ours = metrics.groupby(["variant", "seed", "acceleration"])[["nmse", "psnr", "ssim"]].mean()

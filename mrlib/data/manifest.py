@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import DataError, ParameterError
-from .annotations import annotation_counts, canonical_label, read_boxes, read_file_list
+from .annotations import KNEE_LABELS, annotation_counts, canonical_label, read_boxes, read_file_list
 from .check import check_data_dir
 from .fastmri_h5 import find_splits, validate_h5
 from .splits import (ROLES, SELECTION_FRACTION, SPLIT_OF_ROLE, TARGET_ROLES, FileEntry, assign_roles,
@@ -87,8 +87,7 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
             for s, v in splits.items()
         },
         "role_counts": role_summary(roles),
-        "kspace_shape": [Counter(tuple(f["kspace_shape"][-2:]) for f in files).most_common(1)[0][0][0],
-                         widths.most_common(1)[0][0]],
+        "kspace_shape": list(Counter(tuple(f["kspace_shape"][-2:]) for f in files).most_common(1)[0][0]),
         "kspace_widths": sorted(widths),
         "image_size": with_target[0]["target_shape"][-2:] if with_target else None,
         "orientation": orientation(synthetic),
@@ -97,7 +96,7 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
         "found": report.found,
         "checks": {"ok": True, "deep": deep, "problems": []},
         "synthetic": synthetic,
-        "lesion_labels": [canonical_label(label) for label in lesion_labels],
+        "lesion_labels": _checked_labels(lesion_labels),
     }
     boxes = manifest_boxes(manifest)
     if boxes is not None:
@@ -122,12 +121,28 @@ def orientation(synthetic: Mapping[str, Any] | None) -> dict[str, Any]:
                     "why": ("stored upside down, as the real fastMRI knee arrays; fastMRI+ boxes refer to the "
                             "up/down-flipped view" if fastmri_flip else "stored display-up (an older synthetic cohort)")},
         "kneemri": {"display_flip_ud": False, "why": "stored as viewed (sagittal, superior at the top)"},
+        "mrnet": {"display_flip_ud": False, "why": "MRNet-v1.0 slices are stored as viewed"},
     }
+
+
+def _checked_labels(labels: Sequence[str]) -> list[str]:
+    """``lesion_labels`` in fastMRI+'s spelling; an unknown label (a typo would silently
+    drop every box) is a :class:`ParameterError` listing the known ones."""
+    labels = [canonical_label(label) for label in labels]
+    unknown = [label for label in labels if label not in KNEE_LABELS]
+    if unknown:
+        raise ParameterError("lesion_labels", f"unknown fastMRI+ label(s) {unknown}; the knee labels are: "
+                                              + "; ".join(KNEE_LABELS))
+    return labels
 
 
 def display_flip(manifest: Mapping[str, Any], source: str = "fastmri") -> bool:
     """Whether ``source``'s stored slices must be flipped up/down to be seen the radiological way up."""
-    return bool(manifest.get("orientation", {}).get(source, {}).get("display_flip_ud", False))
+    orientation = manifest.get("orientation", {})
+    if source not in orientation:
+        raise ParameterError("source", f"the manifest records no orientation for {source!r} "
+                                       f"(it knows {', '.join(orientation) or 'none'}; re-run chapter 1)")
+    return bool(orientation[source]["display_flip_ud"])
 
 
 def classifier_flip(manifest: Mapping[str, Any], source: str = "kneemri") -> bool:
@@ -140,6 +155,8 @@ def role_files(manifest: Mapping[str, Any], role: str) -> list[Path]:
     """The HDF5 files the manifest gives ``role`` (``train``, ``selection``, ``evaluation``, ``inference``)."""
     if role not in ROLES:
         raise ParameterError("role", f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    if "roles" not in manifest:
+        raise DataError("manifest", "was written before split policies and roles; re-run chapter 1 (01_data)")
     return [Path(manifest["splits"][a["split"]]["dir"]) / a["file"] for a in manifest["roles"] if a["role"] == role]
 
 

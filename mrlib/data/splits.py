@@ -148,7 +148,8 @@ def policy_problems(files: Iterable[FileEntry], policy: str, challenge: str,
             split = SPLIT_OF_ROLE[policy][role]
             problems.append((f"fastmri/{challenge}_{split}",
                              f"split_policy={policy} takes its {role} volumes from the {split} split, "
-                             + ("which holds too few volumes to carve from" if role == "selection" and policy == "fastmri"
+                             + ("whose volumes belong to too few patients to carve from (at least 2 needed)"
+                                if role == "selection" and policy == "fastmri"
                                 else "which is missing or empty")))
     return problems
 
