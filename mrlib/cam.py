@@ -8,11 +8,16 @@ notebook reads back.
 
 Two details matter and are handled here:
 
-* **Per-slice scoring.** MRNet's exam logit is a maximum over slices, so its gradient
-  reaches only the top slice and every other slice would get an empty map. The model is
-  wrapped in :class:`SliceLogits`, whose forward is ``model.slice_logits``: each slice is
-  one batch item with its own logit, and ``ClassifierOutputTarget(0)`` scores each slice
-  by its own logit, so every slice gets its own map.
+* **Per-slice scoring.** MRNet's exam logit is a linear layer on the *channel-wise*
+  maximum over slices of the pooled features. With the exam logit, a slice therefore
+  receives gradient only through the feature channels whose maximum it holds: the slice
+  that holds many maxima gets a map, most slices get a partial map built from a few
+  channels, and a slice that holds no maximum gets an empty one. The model is wrapped in
+  :class:`SliceLogits`, whose forward is ``model.slice_logits``: each slice is one batch
+  item with its own logit (the same linear layer on that slice's own pooled features),
+  and ``ClassifierOutputTarget(0)`` scores each slice by it, so every slice gets a map from
+  its own evidence. Per-slice logits are on a different scale from the exam logit (the
+  exam's pooled features are the maxima over slices, at least each slice's own).
 * **Normalisation.** ``grad-cam`` rectifies each map and min-max normalises it to
   [0, 1] *per slice* (``scale_cam_image``). A slice's map therefore says *where* the
   classifier looked on that slice, not *how strongly* compared with other slices: a

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .data import kneemri, mrnet
 from .errors import DataError, ParameterError
-from .metrics import bootstrap_auc_ci, roc_auc
+from .metrics import AUC_CI_METHOD, roc_auc, score_auc_ci
 from .runtime import progress_bar
 from .train import fit
 
@@ -180,10 +180,12 @@ def evaluate_mrnet(
     model: torch.nn.Module, exams: list[torch.Tensor], labels: np.ndarray, idx: np.ndarray,
     threshold: float = 0.5, seed: int = 0,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Test-split metrics: AUC with a bootstrap 95 % interval, and accuracy at ``threshold``.
+    """Test-split metrics: AUC with a 95 % score interval (:func:`mrlib.metrics.score_auc_ci`,
+    non-degenerate at perfect separation), and accuracy at ``threshold``.
 
     Returns:
         ``(metrics, probabilities)``; metrics hold ``auc``, ``auc_ci`` ([low, high]),
+        ``auc_ci_method``,
         ``n_test``, ``n_positive``, ``accuracy``, ``sensitivity``, ``specificity``, ``threshold``.
     """
     device = next(model.parameters()).device
@@ -192,7 +194,8 @@ def evaluate_mrnet(
     pred = (prob >= threshold).astype(int)
     metrics = {
         "auc": roc_auc(y, prob),
-        "auc_ci": list(bootstrap_auc_ci(y, prob, seed=seed)),
+        "auc_ci": list(score_auc_ci(y, prob)),
+        "auc_ci_method": AUC_CI_METHOD,
         "n_test": int(len(y)),
         "n_positive": int(y.sum()),
         "accuracy": float((pred == y).mean()),

@@ -83,6 +83,40 @@ def bootstrap_auc_ci(
     return float(low), float(high)
 
 
+#: The name stored beside :func:`score_auc_ci`'s interval (``auc_ci_method``).
+AUC_CI_METHOD = "score interval, Hanley-McNeil variance at the candidate AUC (Newcombe 2006)"
+
+
+def hanley_mcneil_variance(theta: float, n_pos: int, n_neg: int) -> float:
+    """Hanley and McNeil's (1982) variance of an AUC estimate whose true value is ``theta``."""
+    q1, q2 = theta / (2.0 - theta), 2.0 * theta**2 / (1.0 + theta)
+    return (theta * (1 - theta) + (n_pos - 1) * (q1 - theta**2) + (n_neg - 1) * (q2 - theta**2)) / (n_pos * n_neg)
+
+
+def score_auc_ci(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """A score-type interval of the AUC: every ``theta`` in [0, 1] with
+    ``|AUC - theta| <= z * sqrt(V(theta))``, ``V`` the Hanley-McNeil variance taken at
+    ``theta`` itself (Newcombe 2006). Unlike Wald-type (DeLong, Hanley-McNeil at the
+    estimate) or bootstrap intervals, it stays wider than a point at AUC = 0 or 1.
+    """
+    from scipy.optimize import brentq  # lazy: scipy's root finder is needed only here
+    from scipy.stats import norm  # lazy: as above
+
+    labels = np.asarray(labels).astype(int)
+    auc = roc_auc(labels, scores)
+    n_pos, n_neg = int(labels.sum()), int((labels == 0).sum())
+    z = float(norm.ppf(0.5 + level / 2))
+
+    def excess(theta):  # > 0 outside the interval
+        return abs(auc - theta) - z * np.sqrt(max(hanley_mcneil_variance(theta, n_pos, n_neg), 0.0))
+
+    eps, inside = 1e-12, 1e-9  # the estimate itself is inside; at 0 or 1 its variance is 0, so step off it
+    lo_in, hi_in = max(auc - inside, eps), min(auc + inside, 1 - eps)
+    low = 0.0 if excess(eps) <= 0 else brentq(excess, eps, lo_in)
+    high = 1.0 if excess(1 - eps) <= 0 else brentq(excess, hi_in, 1 - eps)
+    return float(low), float(high)
+
+
 # --------------------------------------------------------------------------- ROI metrics
 
 def roi_mask(shape: tuple[int, ...], boxes_by_slice: Mapping[int, Sequence]) -> np.ndarray:

@@ -80,8 +80,9 @@ class MRNet(nn.Module):
     def slice_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Each slice's own logit, before the maximum over slices: ``(S, 3, H, W) -> (S, 1)``.
 
-        Grad-CAM scores slices with this: the maximum over slices would send gradient to
-        the top slice only.
+        Grad-CAM scores slices with this. Through the exam logit (a channel-wise maximum
+        over slices), a slice would get gradient only through the channels whose maximum
+        it holds, so most slices' maps would be partial or empty (see :mod:`mrlib.cam`).
         """
         return self.classifier(self.slice_features(x))
 

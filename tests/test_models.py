@@ -8,7 +8,7 @@ import torch
 
 from mrlib import classifier
 from mrlib.errors import DataError, MrlibError, ParameterError
-from mrlib.metrics import bootstrap_auc_ci, roc_auc
+from mrlib.metrics import bootstrap_auc_ci, roc_auc, score_auc_ci
 from mrlib.models import MRNet, SeedUnet, count_parameters, fastmri_unet
 from mrlib.rundir import CheckpointDir
 from mrlib.train import fit, load_weights, save_checkpoint
@@ -81,6 +81,21 @@ def test_auc_against_a_known_case():
         roc_auc([1, 1, 1], [0.2, 0.5, 0.9])
 
 
+def test_score_auc_interval_stays_wider_than_a_point_at_perfect_separation():
+    perfect = ([0, 0, 0, 1, 1, 1] * 5, [0.1, 0.2, 0.3, 0.7, 0.8, 0.9] * 5)
+    low, high = score_auc_ci(*perfect)
+    assert high == 1.0 and 0.8 < low < 0.99  # the bootstrap above collapses to [1, 1]
+    small_low, _ = score_auc_ci([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert small_low < low  # fewer exams, a wider interval
+    # away from the edges it agrees with the bootstrap to a few hundredths
+    rng = np.random.default_rng(0)
+    y, s = np.r_[np.zeros(60), np.ones(60)], np.r_[rng.normal(0, 1, 60), rng.normal(1, 1, 60)]
+    auc, (lo, hi), (blo, bhi) = roc_auc(y, s), score_auc_ci(y, s), bootstrap_auc_ci(y, s)
+    assert lo < auc < hi and abs(lo - blo) < 0.03 and abs(hi - bhi) < 0.03
+    lo, hi = score_auc_ci(1 - y, s)  # perfectly wrong is the mirror image
+    assert lo == pytest.approx(1 - score_auc_ci(y, s)[1], abs=1e-6)
+
+
 def test_stratified_split_keeps_both_labels_everywhere():
     labels = np.array([0] * 20 + [1] * 10)
     splits = classifier.stratified_split(labels, seed=1)
@@ -149,3 +164,19 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
     with pytest.raises(MrlibError, match="other parameters"):
         T.fit(torch.nn.Linear(1, 1), lambda e: [], None, None,
               torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1), 2, tmp_path, config={"lr": 5})
+
+
+def test_exam_logit_reaches_a_slice_only_through_the_channels_whose_maximum_it_holds():
+    """Why chapter 4 scores slices by their own logits (mrlib.cam's docstring)."""
+    from mrlib.models import MRNet
+
+    torch.manual_seed(0)
+    model = MRNet().eval()
+    feats = torch.rand(5, 256, requires_grad=True)  # 5 slices' pooled features
+    model.classifier(feats.max(dim=0).values).sum().backward()
+    holder = feats.detach().argmax(dim=0)  # which slice holds each channel's maximum
+    want = torch.zeros(5, 256)
+    want[holder, torch.arange(256)] = model.classifier.weight[0].detach()
+    torch.testing.assert_close(feats.grad, want)
+    per_slice = (feats.grad != 0).sum(dim=1)
+    assert per_slice.sum() == 256 and per_slice.max() < 256  # every slice gets only part of the channels
