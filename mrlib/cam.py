@@ -29,7 +29,8 @@ HDF5 layout written by :func:`compute_heatmaps`::
 
     /{method}/{file_stem}/maps    float32 (S, H, W), in [0, 1], the target's geometry
     /{method}/{file_stem}/scores  float32 (S,), each slice's MRNet logit
-    attrs: methods, flip_ud, target_layer, input_size, image_shapes (JSON), mrlib_format
+    attrs: methods, flip_ud, target_layer, grid (JSON [h, w]: the layer's activation grid,
+           the maps' true resolution), input_size, image_shapes (JSON), mrlib_format
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+from torch.nn import functional as F
 
 from .artifacts import atomic_path
 from .classifier import INPUT_SIZE, prepare_exam, to_source
 from .errors import DataError, MrlibError, ParameterError
-from .metrics import LOCALIZATION_COLUMNS, localization_row
+from .data.boxes import boxes_mask
+from .metrics import LOCALIZATION_COLUMNS, chance_localization, localization_row
 from .runtime import progress_bar
 
 #: The CAM methods by lowercase name.
@@ -102,6 +105,20 @@ def default_target_layer(model: nn.Module) -> nn.Module:
         raise ParameterError(
             "target_layer", f"{type(model).__name__} has no features[11]; pass target_layer explicitly"
         ) from None
+
+
+def layer_grid(model: nn.Module, layer: nn.Module, input_size: int) -> tuple[int, int]:
+    """The ``(h, w)`` grid of ``layer``'s activations for one ``input_size`` slice: the
+    resolution of every map taken there, before it is upsampled to the image."""
+    seen: list[tuple[int, int]] = []
+    hook = layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model.slice_logits(torch.zeros(1, 3, int(input_size), int(input_size), device=device))
+    finally:
+        hook.remove()
+    return int(seen[0][0]), int(seen[0][1])
 
 
 def _layer_name(model: nn.Module, layer: nn.Module) -> str:
@@ -239,6 +256,7 @@ def compute_heatmaps(
             f.attrs["methods"] = json.dumps(methods)
             f.attrs["flip_ud"] = bool(flip_ud)
             f.attrs["target_layer"] = layer_name
+            f.attrs["grid"] = json.dumps(list(layer_grid(model, layer, input_size)))
             f.attrs["input_size"] = int(input_size)
             f.attrs["image_shapes"] = json.dumps(shapes)
             f.attrs["mrlib_format"] = FORMAT_VERSION
@@ -262,6 +280,7 @@ def heatmap_info(path: str | Path) -> dict:
             image_shapes={k: tuple(v) for k, v in shapes.items()},
             flip_ud=bool(attrs.get("flip_ud", False)),
             target_layer=str(attrs.get("target_layer", "")),
+            grid=tuple(json.loads(attrs["grid"])) if "grid" in attrs else None,
         )
 
 
@@ -360,7 +379,35 @@ def exam_localization(
     return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
 
 
-def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 0.5):
+#: Columns of :func:`localization_table` and :func:`baseline_table`.
+TABLE_COLUMNS = ("method", "layer", "grid", "split", *LOCALIZATION_COLUMNS[1:])
+
+
+def _grid_text(info: dict) -> str:
+    return "x".join(map(str, info["grid"])) if info.get("grid") else ""
+
+
+def _annotated(heatmaps_path, boxes_df, files):
+    """The boxes of the annotated slices of ``files`` (default: every file the heatmap file holds)."""
+    held = set(heatmap_info(heatmaps_path)["files"])
+    wanted = held if files is None else held & {str(f) for f in files}
+    df = boxes_df[boxes_df["file"].astype(str).isin(wanted)]
+    if df.empty:
+        raise DataError(
+            heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
+            "(do the heatmaps and the annotations come from the same dataset?)",
+        )
+    return df
+
+
+def _slices(df):
+    """``(stem, slice, [(x, y, w, h), ...])`` of each annotated slice, in file and slice order."""
+    for stem, per_file in df.groupby("file", sort=True):
+        for slice_num, per_slice in per_file.groupby("slice", sort=True):
+            yield str(stem), int(slice_num), list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
+
+
+def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 0.5, files=None, split: str = ""):
     """Localisation scores of each CAM method against the ground-truth boxes.
 
     Args:
@@ -371,11 +418,13 @@ def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 
             another split) are skipped.
         methods: CAM method names held in the file.
         iou_threshold: the map region for :func:`box_iou` is ``map >= t * max``.
+        files: score only these file stems (e.g. the evaluation split); default all held.
+        split: the name of the split scored, for the ``split`` column.
 
     Returns:
-        ``pandas.DataFrame`` with columns ``method, n_slices, pointing_game,
-        energy_in_box, iou``: per method, the number of annotated slices scored and the
-        means over them (pointing game as a hit rate).
+        ``pandas.DataFrame`` with columns :data:`TABLE_COLUMNS`: per method, the layer and
+        grid the maps were taken at, the split, the number of annotated slices scored and
+        the means over them (the strict pointing game as a hit rate).
 
     Raises:
         DataError: no annotated slice belongs to a volume in the heatmap file (they do
@@ -384,23 +433,91 @@ def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 
     if isinstance(methods, str):
         methods = [methods]
     info = heatmap_info(heatmaps_path)
-    held = set(info["files"])
-    df = boxes_df[boxes_df["file"].astype(str).isin(held)]
-    if df.empty:
-        raise DataError(
-            heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
-            "(do the heatmaps and the annotations come from the same dataset?)",
-        )
+    df = _annotated(heatmaps_path, boxes_df, files)
 
     def pairs(method):
-        for stem, per_file in df.groupby("file", sort=True):
-            maps, _ = read_heatmaps(heatmaps_path, method, stem)
-            for slice_num, per_slice in per_file.groupby("slice", sort=True):
-                if not 0 <= int(slice_num) < maps.shape[0]:
-                    raise DataError(
-                        heatmaps_path, f"annotated slice {int(slice_num)} of {stem} is beyond its {maps.shape[0]} slices"
-                    )
-                yield maps[int(slice_num)], list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
+        cache: dict[str, np.ndarray] = {}
+        for stem, slice_num, boxes in _slices(df):
+            if stem not in cache:
+                cache.clear()
+                cache[stem] = read_heatmaps(heatmaps_path, method, stem)[0]
+            maps = cache[stem]
+            if not 0 <= slice_num < maps.shape[0]:
+                raise DataError(heatmaps_path, f"annotated slice {slice_num} of {stem} is beyond its {maps.shape[0]} slices")
+            yield maps[slice_num], boxes
 
-    rows = [localization_row(method, pairs(method), iou_threshold) for method in methods]
-    return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
+    rows = [dict(localization_row(method, pairs(method), iou_threshold), layer=info["target_layer"],
+                 grid=_grid_text(info), split=split) for method in methods]
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def baseline_table(heatmaps_path, boxes_df, methods, files, prior_files, split: str = "",
+                   iou_threshold: float = 0.5) -> pd.DataFrame:
+    """Maps that know nothing of the slice, scored on the same annotated slices as the CAMs.
+
+    Rows (``method`` names the baseline):
+
+    * ``uniform``: a map with no information (the boxes' share of the image, analytically);
+    * ``box prior``: the mean, over the annotated slices of ``prior_files`` (the training
+      split), of their box masks: where lesions usually are;
+    * ``map prior (<method>)``: the mean of ``method``'s maps over every slice of
+      ``prior_files``: where that method usually looks, whatever the slice;
+    * ``ideal at <grid>``: each slice's own box mask average-pooled to the heatmap file's
+      grid and upsampled back, the best a map at that grid can do.
+
+    Args:
+        files: the scored files (as :func:`localization_table`'s); prior_files: the files
+            the priors are averaged over (never the scored ones).
+    """
+    if isinstance(methods, str):
+        methods = [methods]
+    info = heatmap_info(heatmaps_path)
+    df = _annotated(heatmaps_path, boxes_df, files)
+    prior_files = sorted({str(f) for f in prior_files} & set(info["files"]))
+    if not prior_files:
+        raise DataError(heatmaps_path, "holds no map of the prior files (the training split)")
+    shape = tuple(info["image_shapes"][prior_files[0]][1:])
+    extra = dict(layer=info["target_layer"], grid=_grid_text(info), split=split)
+    slices = list(_slices(df))
+    rows = [dict(chance_localization(df, shape), method="uniform", **extra)]
+    prior_boxes = boxes_df[boxes_df["file"].astype(str).isin(prior_files)]
+    masks = [boxes_mask(shape, boxes).astype(np.float64) for _, _, boxes in _slices(prior_boxes)]
+    if masks:
+        box_prior = np.mean(masks, axis=0)
+        rows.append(dict(localization_row("box prior", ((box_prior, b) for _, _, b in slices), iou_threshold), **extra))
+    for method in methods:
+        mean = np.mean(np.concatenate([read_heatmaps(heatmaps_path, method, f)[0] for f in prior_files]), axis=0)
+        rows.append(dict(localization_row(f"map prior ({method})", ((mean, b) for _, _, b in slices), iou_threshold),
+                         **extra))
+    if info.get("grid"):
+        def ideal(boxes):
+            mask = torch.from_numpy(boxes_mask(shape, boxes).astype(np.float32))[None, None]
+            pooled = F.adaptive_avg_pool2d(mask, info["grid"])
+            return F.interpolate(pooled, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        rows.append(dict(localization_row(f"ideal at {_grid_text(info)}", ((ideal(b), b) for _, _, b in slices),
+                                          iou_threshold), **extra))
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def localization_report(heatmaps_path, boxes_df, methods, evaluation_files, train_files,
+                        iou_threshold: float = 0.5) -> pd.DataFrame:
+    """Chapter 4's table: every method and the baselines on the evaluation split's annotated
+    slices, and every method on the training split's (whose maps weight the U-Net's loss).
+
+    A split without an annotated slice contributes no rows (a line says so); the priors
+    are averaged over the training split only, so nothing of the evaluation split leaks
+    into them.
+    """
+    parts = []
+    for split, files in (("evaluation", evaluation_files), ("train", train_files)):
+        try:
+            parts.append(localization_table(heatmaps_path, boxes_df, methods, iou_threshold, files, split))
+            if split == "evaluation":
+                parts.append(baseline_table(heatmaps_path, boxes_df, methods, files, train_files, split, iou_threshold))
+        except DataError as exc:
+            if "none of the" not in exc.problem:
+                raise
+            print(f"no annotated slice in the {split} split: no localisation rows for it")
+    if not parts:
+        raise DataError(heatmaps_path, "no annotated slice in the evaluation or training split to localise")
+    return pd.concat(parts, ignore_index=True)

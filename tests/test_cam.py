@@ -288,7 +288,8 @@ def test_localization_table_on_the_heatmap_file(synth_targets, heatmap_file):
     boxes = read_boxes(root / "annotations" / "knee.csv", image_height=64)
     assert len(boxes), "the synthetic data should carry lesion boxes"
     table = localization_table(path, boxes, ["gradcam", "layercam"])
-    assert list(table.columns) == ["method", "n_slices", "pointing_game", "energy_in_box", "iou"]
+    assert list(table.columns) == ["method", "layer", "grid", "split", "n_slices", "pointing_game", "energy_in_box", "iou"]
+    assert set(table.layer) == {"features.11"} and set(table.grid) == {"x".join(map(str, cam.heatmap_info(path)["grid"]))}
     assert list(table["method"]) == ["gradcam", "layercam"]
     n_annotated = len(boxes.drop_duplicates(["file", "slice"]))
     assert (table["n_slices"] == n_annotated).all()
@@ -310,3 +311,33 @@ def test_localization_table_on_the_heatmap_file(synth_targets, heatmap_file):
     other = boxes.assign(file="file9999999")
     with pytest.raises(DataError, match="none of the"):
         localization_table(path, other, ["gradcam"])
+
+
+def test_baselines_are_scored_on_the_same_slices(synth_targets, heatmap_file):
+    from mrlib.data.annotations import read_boxes
+    from mrlib.data.boxes import boxes_mask
+    from mrlib.metrics import energy_in_boxes
+
+    root, volumes = synth_targets
+    _, path = heatmap_file
+    boxes = read_boxes(root / "annotations" / "knee.csv", image_height=64)
+    info = cam.heatmap_info(path)
+    files = sorted(set(boxes.file) & set(info["files"]))
+    scored, prior = files[:1], files[1:]
+    if not prior:
+        pytest.skip("the fixture has one annotated file")
+    table = cam.baseline_table(path, boxes, ["gradcam"], scored, prior, split="evaluation")
+    assert list(table.method) == ["uniform", "box prior", "map prior (gradcam)", f"ideal at {info['grid'][0]}x{info['grid'][1]}"]
+    n = len(boxes[boxes.file.isin(scored)].drop_duplicates(["file", "slice"]))
+    assert (table.n_slices == n).all()
+    # the box prior is the mean of the prior files' box masks, scored on the scored slices
+    shape = (64, 64)
+    masks = [boxes_mask(shape, list(g[["x", "y", "width", "height"]].itertuples(index=False, name=None)))
+             for _, g in boxes[boxes.file.isin(prior)].groupby(["file", "slice"])]
+    mean = np.mean(masks, axis=0)
+    want = np.mean([energy_in_boxes(mean, list(g[["x", "y", "width", "height"]].itertuples(index=False, name=None)))
+                    for _, g in boxes[boxes.file.isin(scored)].groupby(["file", "slice"])])
+    assert table.set_index("method").loc["box prior", "energy_in_box"] == pytest.approx(want)
+    ideal = table[table.method.str.startswith("ideal")].iloc[0]
+    uniform = table[table.method == "uniform"].iloc[0]
+    assert ideal.energy_in_box > 2 * uniform.energy_in_box  # the grid's ceiling is far above no information

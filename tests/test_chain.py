@@ -39,7 +39,7 @@ def test_every_chapter_wrote_its_results(smoke_run):
     assert rd.read_mask_spec().accelerations == (4, 8)
     assert not list(rd.root.rglob("*.part")), "a temporary file was left behind"
     assert {"auc", "auc_ci", "n_test"} <= set(rd.read_classifier_metrics())
-    assert rd.localization().read_text().splitlines()[0] == "method,n_slices,pointing_game,energy_in_box,iou"
+    assert rd.localization().read_text().splitlines()[0] == "method,layer,grid,split,n_slices,pointing_game,energy_in_box,iou"
     assert rd.heatmaps.is_file()
     assert [r["variant"] for r in rd.read_registry()] == ["unweighted", "gradcam", "oracle", "random", "l1"]
     df, summary = rd.read_evaluation()
