@@ -387,11 +387,16 @@ def _grid_text(info: dict) -> str:
     return "x".join(map(str, info["grid"])) if info.get("grid") else ""
 
 
-def _annotated(heatmaps_path, boxes_df, files):
-    """The boxes of the annotated slices of ``files`` (default: every file the heatmap file holds)."""
-    held = set(heatmap_info(heatmaps_path)["files"])
+def _boxes_of(info: dict, boxes_df, files):
+    """The boxes of ``files`` (default: every file the heatmap file holds) that it holds maps of."""
+    held = set(info["files"])
     wanted = held if files is None else held & {str(f) for f in files}
-    df = boxes_df[boxes_df["file"].astype(str).isin(wanted)]
+    return boxes_df[boxes_df["file"].astype(str).isin(wanted)]
+
+
+def _annotated(heatmaps_path, info: dict, boxes_df, files):
+    """:func:`_boxes_of`, refused when empty (the heatmaps and the boxes do not match)."""
+    df = _boxes_of(info, boxes_df, files)
     if df.empty:
         raise DataError(
             heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
@@ -433,15 +438,13 @@ def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 
     if isinstance(methods, str):
         methods = [methods]
     info = heatmap_info(heatmaps_path)
-    df = _annotated(heatmaps_path, boxes_df, files)
+    df = _annotated(heatmaps_path, info, boxes_df, files)
 
     def pairs(method):
-        cache: dict[str, np.ndarray] = {}
-        for stem, slice_num, boxes in _slices(df):
-            if stem not in cache:
-                cache.clear()
-                cache[stem] = read_heatmaps(heatmaps_path, method, stem)[0]
-            maps = cache[stem]
+        stem_read, maps = None, None
+        for stem, slice_num, boxes in _slices(df):  # file by file: each file's maps are read once
+            if stem != stem_read:
+                stem_read, maps = stem, read_heatmaps(heatmaps_path, method, stem)[0]
             if not 0 <= slice_num < maps.shape[0]:
                 raise DataError(heatmaps_path, f"annotated slice {slice_num} of {stem} is beyond its {maps.shape[0]} slices")
             yield maps[slice_num], boxes
@@ -472,7 +475,7 @@ def baseline_table(heatmaps_path, boxes_df, methods, files, prior_files, split: 
     if isinstance(methods, str):
         methods = [methods]
     info = heatmap_info(heatmaps_path)
-    df = _annotated(heatmaps_path, boxes_df, files)
+    df = _annotated(heatmaps_path, info, boxes_df, files)
     prior_files = sorted({str(f) for f in prior_files} & set(info["files"]))
     if not prior_files:
         raise DataError(heatmaps_path, "holds no map of the prior files (the training split)")
@@ -508,16 +511,15 @@ def localization_report(heatmaps_path, boxes_df, methods, evaluation_files, trai
     are averaged over the training split only, so nothing of the evaluation split leaks
     into them.
     """
+    info = heatmap_info(heatmaps_path)
     parts = []
     for split, files in (("evaluation", evaluation_files), ("train", train_files)):
-        try:
-            parts.append(localization_table(heatmaps_path, boxes_df, methods, iou_threshold, files, split))
-            if split == "evaluation":
-                parts.append(baseline_table(heatmaps_path, boxes_df, methods, files, train_files, split, iou_threshold))
-        except DataError as exc:
-            if "none of the" not in exc.problem:
-                raise
+        if _boxes_of(info, boxes_df, files).empty:
             print(f"no annotated slice in the {split} split: no localisation rows for it")
+            continue
+        parts.append(localization_table(heatmaps_path, boxes_df, methods, iou_threshold, files, split))
+        if split == "evaluation":
+            parts.append(baseline_table(heatmaps_path, boxes_df, methods, files, train_files, split, iou_threshold))
     if not parts:
         raise DataError(heatmaps_path, "no annotated slice in the evaluation or training split to localise")
     return pd.concat(parts, ignore_index=True)

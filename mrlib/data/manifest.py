@@ -68,7 +68,6 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
     roles = assign_roles(entries, split_policy, selection_fraction)
     files = [f for s in splits.values() for f in s["files"]]
     with_target = [f for f in files if f["target_shape"]]
-    widths = Counter(f["kspace_shape"][-1] for f in files)
     annotations = data_dir / "annotations" / "knee.csv"
     kneemri = data_dir / "kneemri" / "metadata.csv"
     synth = data_dir / "synth.json"
@@ -88,7 +87,7 @@ def build_manifest(data_dir: str | Path, challenge: str = "singlecoil", deep: bo
         },
         "role_counts": role_summary(roles),
         "kspace_shape": list(Counter(tuple(f["kspace_shape"][-2:]) for f in files).most_common(1)[0][0]),
-        "kspace_widths": sorted(widths),
+        "kspace_widths": sorted({f["kspace_shape"][-1] for f in files}),
         "image_size": with_target[0]["target_shape"][-2:] if with_target else None,
         "orientation": orientation(synthetic),
         "annotations": str(annotations) if annotations.is_file() else None,
