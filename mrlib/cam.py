@@ -25,19 +25,31 @@ Two details matter and are handled here:
   slice's logit is stored beside its map (``scores``) so that a user can tell the two
   apart. A map that is zero everywhere (no positive evidence anywhere) stays zero.
 
+* **Layer.** A map is only as fine as its layer's activation grid. AlexNet's last
+  convolution is a 6 x 6 grid at 112 px input, too coarse for a lesion a few pixels wide;
+  the default layer is ``features.4`` (after conv2: 13 x 13 at 112 px, 15 x 15 at 128 px),
+  and LayerCAM (Jiang et al. 2021) is designed for such shallow layers.
+* **Gate.** With a per-slice classifier (the in-domain ROI source), the Youden threshold
+  ``tau`` on a slice's probability is stored with the maps; :func:`gate_maps` zeroes the
+  map of a slice the classifier calls healthy, so that it gets no up-weighting.
+
 HDF5 layout written by :func:`compute_heatmaps`::
 
     /{method}/{file_stem}/maps    float32 (S, H, W), in [0, 1], the target's geometry
     /{method}/{file_stem}/scores  float32 (S,), each slice's MRNet logit
     attrs: methods, flip_ud, target_layer, grid (JSON [h, w]: the layer's activation grid,
-           the maps' true resolution), input_size, image_shapes (JSON), mrlib_format
+           the maps' true resolution), input_size, image_shapes (JSON), source, seed,
+           tau (NaN: no gate), mrlib_format
+
+This layout is the contract of a heatmap file: a user's own maps in it weight the U-Net
+as the computed ones do.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -52,14 +64,15 @@ from .artifacts import atomic_path
 from .classifier import INPUT_SIZE, prepare_exam, to_source
 from .errors import DataError, MrlibError, ParameterError
 from .data.boxes import boxes_mask
-from .metrics import LOCALIZATION_COLUMNS, chance_localization, localization_row
+from .metrics import LOCALIZATION_COLUMNS, box_iou, energy_in_boxes, localization_row, pointing_game
 from .runtime import progress_bar
+from .stats import cluster_bootstrap
 
 #: The CAM methods by lowercase name.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
 
 #: Name of the default target layer, as stored in the heatmap file.
-DEFAULT_TARGET_LAYER = "features.11"
+DEFAULT_TARGET_LAYER = "features.4"
 
 FORMAT_VERSION = 1
 
@@ -83,28 +96,46 @@ def check_method(method: str) -> type:
     return METHODS[key]
 
 
-def default_target_layer(model: nn.Module) -> nn.Module:
-    """MRNet's last convolutional feature maps after their ReLU: ``model.features[11]``.
+def default_target_layer(model: nn.Module, name: str = DEFAULT_TARGET_LAYER) -> nn.Module:
+    """The module ``name`` of ``model`` (default ``features.4``, conv2's rectified maps).
 
-    Why ``features[11]`` (the ReLU) and not ``features[10]`` (the Conv2d before it):
+    Always hook a ReLU (``features.1``, ``.4``, ``.7``, ``.9``, ``.11``), not the Conv2d
+    before it:
 
-    * Grad-CAM is defined on rectified feature maps of the last convolutional layer
-      (Selvaraju et al. 2017); pre-ReLU activations are mostly negative, and a sum of
-      channel weights times negative activations gives maps dominated by where
-      channels are *off*.
+    * Grad-CAM is defined on rectified feature maps (Selvaraju et al. 2017); pre-ReLU
+      activations are mostly negative, and a sum of channel weights times negative
+      activations gives maps dominated by where channels are *off*.
     * AlexNet's ReLU is in-place. ``grad-cam`` stores a hooked activation as
       ``output.cpu().detach()``, which on the CPU shares storage with the tensor the
-      in-place ReLU then overwrites, but on CUDA is a copy. Hooking ``features[10]``
-      would therefore give post-ReLU activations on the CPU and pre-ReLU ones on a GPU:
-      different maps for the same model. ``features[11]`` is followed by a max-pool that
-      does not write in place, so its maps do not depend on the device.
+      in-place ReLU then overwrites, but on CUDA is a copy. Hooking a Conv2d would
+      therefore give post-ReLU activations on the CPU and pre-ReLU ones on a GPU:
+      different maps for the same model. Each ReLU is followed by a max-pool or a
+      convolution, which does not write in place, so its maps do not depend on the device.
     """
-    try:
-        return model.features[11]
-    except (AttributeError, IndexError, TypeError):
-        raise ParameterError(
-            "target_layer", f"{type(model).__name__} has no features[11]; pass target_layer explicitly"
-        ) from None
+    modules = dict(model.named_modules())
+    if name not in modules or not isinstance(modules[name], nn.ReLU):
+        relus = [n for n, m in modules.items() if isinstance(m, nn.ReLU)]
+        raise ParameterError("cam_layer", f"{type(model).__name__} has no ReLU layer {name!r}; use one of "
+                                          f"{', '.join(relus)}")
+    return modules[name]
+
+
+def gate_maps(maps: np.ndarray, scores: np.ndarray, tau: float) -> np.ndarray:
+    """Zero the map of every slice whose probability ``sigmoid(score)`` is below ``tau``.
+
+    Args:
+        maps: ``(S, H, W)``; scores: ``(S,)`` slice logits; tau: a probability in (0, 1),
+            or NaN for no gate (the maps come back unchanged).
+
+    Returns:
+        ``(S, H, W)``, a new array.
+    """
+    maps = np.array(maps, dtype=np.float32, copy=True)
+    if tau is None or not np.isfinite(tau):
+        return maps
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+    maps[prob < float(tau)] = 0.0
+    return maps
 
 
 def layer_grid(model: nn.Module, layer: nn.Module, input_size: int) -> tuple[int, int]:
@@ -198,6 +229,9 @@ def compute_heatmaps(
     target_layer: nn.Module | None = None,
     device: str | torch.device | None = None,
     input_size: int = INPUT_SIZE,
+    source: str = "",
+    seed: int = 0,
+    tau: float = float("nan"),
 ) -> Path:
     """Per-slice CAMs of fastMRI target volumes, written to one HDF5 file, atomically.
 
@@ -216,6 +250,8 @@ def compute_heatmaps(
         batch_size, device, target_layer: passed to :func:`slice_cams`.
         progress: show a ``tqdm`` progress bar.
         input_size: the classifier's input size (the one it was trained with).
+        source, seed, tau: the ROI source and classifier seed the maps come from, and its
+            gate threshold (NaN: none), stored as attributes.
 
     Returns:
         ``out_path``. Layout in the module docstring. Nothing is left at ``out_path``
@@ -258,6 +294,9 @@ def compute_heatmaps(
             f.attrs["target_layer"] = layer_name
             f.attrs["grid"] = json.dumps(list(layer_grid(model, layer, input_size)))
             f.attrs["input_size"] = int(input_size)
+            f.attrs["source"] = str(source)
+            f.attrs["seed"] = int(seed)
+            f.attrs["tau"] = float(tau)
             f.attrs["image_shapes"] = json.dumps(shapes)
             f.attrs["mrlib_format"] = FORMAT_VERSION
     return out_path
@@ -281,6 +320,9 @@ def heatmap_info(path: str | Path) -> dict:
             flip_ud=bool(attrs.get("flip_ud", False)),
             target_layer=str(attrs.get("target_layer", "")),
             grid=tuple(json.loads(attrs["grid"])) if "grid" in attrs else None,
+            source=str(attrs.get("source", "")),
+            seed=int(attrs.get("seed", 0)),
+            tau=float(attrs.get("tau", float("nan"))),
         )
 
 
@@ -355,6 +397,7 @@ def exam_localization(
     input_size: int = INPUT_SIZE,
     flip_ud: bool = False,
     batch_size: int = 16,
+    layer: str = DEFAULT_TARGET_LAYER,
 ):
     """Localisation on the classifier's own kind of data: exams scored against their boxes.
 
@@ -372,15 +415,18 @@ def exam_localization(
     for volume, boxes in exams:
         x = prepare_exam(volume, flip_ud=flip_ud, size=input_size)
         for method in maps_by_method:
-            maps, _ = slice_cams(model, x, method, batch_size=batch_size)
+            maps, _ = slice_cams(model, x, method, target_layer=default_target_layer(model, layer), batch_size=batch_size)
             src = to_source(maps, tuple(volume.shape[-2:]), flip_ud=flip_ud)
             maps_by_method[method] += [(src[s], b) for s, b in sorted(boxes.items())]
     rows = [localization_row(m, pairs) for m, pairs in maps_by_method.items()]
     return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
 
 
-#: Columns of :func:`localization_table` and :func:`baseline_table`.
-TABLE_COLUMNS = ("method", "layer", "grid", "split", *LOCALIZATION_COLUMNS[1:])
+#: Columns of the localisation table (:func:`summarize_records`); baseline rows name
+#: their baseline in ``method``.
+TABLE_COLUMNS = ("source", "seed", "method", "layer", "grid", "split", *LOCALIZATION_COLUMNS[1:])
+#: Columns of the per-slice records (:func:`slice_records`).
+RECORD_COLUMNS = ("method", "file", "slice", "labels", "pointing_game", "energy_in_box", "iou")
 
 
 def _grid_text(info: dict) -> str:
@@ -394,132 +440,187 @@ def _boxes_of(info: dict, boxes_df, files):
     return boxes_df[boxes_df["file"].astype(str).isin(wanted)]
 
 
-def _annotated(heatmaps_path, info: dict, boxes_df, files):
-    """:func:`_boxes_of`, refused when empty (the heatmaps and the boxes do not match)."""
-    df = _boxes_of(info, boxes_df, files)
-    if df.empty:
-        raise DataError(
-            heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) has heatmaps here "
-            "(do the heatmaps and the annotations come from the same dataset?)",
-        )
-    return df
-
-
 def _slices(df):
-    """``(stem, slice, [(x, y, w, h), ...])`` of each annotated slice, in file and slice order."""
+    """``(stem, slice, [(x, y, w, h), ...], labels)`` of each annotated slice, in file and slice order."""
     for stem, per_file in df.groupby("file", sort=True):
         for slice_num, per_slice in per_file.groupby("slice", sort=True):
-            yield str(stem), int(slice_num), list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None))
+            labels = "; ".join(sorted(set(per_slice["label"].astype(str)))) if "label" in per_slice else ""
+            yield (str(stem), int(slice_num), list(per_slice[["x", "y", "width", "height"]].itertuples(index=False, name=None)),
+                   labels)
 
 
-def localization_table(heatmaps_path, boxes_df, methods, iou_threshold: float = 0.5, files=None, split: str = ""):
-    """Localisation scores of each CAM method against the ground-truth boxes.
+def _maps_reader(path):
+    """``(method, stem) -> maps (S, H, W)``, each file's maps read once per method."""
+    cache: dict = {}
 
-    Args:
-        heatmaps_path: a file written by :func:`compute_heatmaps`.
-        boxes_df: boxes in image coordinates (:func:`mrlib.data.annotations.read_boxes`).
-            Only slices with at least one box are scored; the boxes of one slice count
-            as their union. Boxes of files that the heatmap file does not hold (e.g.
-            another split) are skipped.
-        methods: CAM method names held in the file.
-        iou_threshold: the map region for :func:`box_iou` is ``map >= t * max``.
-        files: score only these file stems (e.g. the evaluation split); default all held.
-        split: the name of the split scored, for the ``split`` column.
+    def read(method, stem):
+        if (method, stem) not in cache:
+            cache.clear()  # records are made file by file: keep one volume in memory
+            cache[method, stem] = read_heatmaps(path, method, stem)[0]
+        return cache[method, stem]
+    return read
 
-    Returns:
-        ``pandas.DataFrame`` with columns :data:`TABLE_COLUMNS`: per method, the layer and
-        grid the maps were taken at, the split, the number of annotated slices scored and
-        the means over them (the strict pointing game as a hit rate).
 
-    Raises:
-        DataError: no annotated slice belongs to a volume in the heatmap file (they do
-            not match), or a box's slice index is beyond its volume.
+def _score(m: np.ndarray, boxes, iou_threshold: float) -> tuple[float, float, float]:
+    return float(pointing_game(m, boxes)), energy_in_boxes(m, boxes), box_iou(m, boxes, iou_threshold)
+
+
+def slice_records(heatmaps_path, boxes_df, methods, files, prior_files, twin_path=None,
+                  iou_threshold: float = 0.5) -> pd.DataFrame:
+    """Every localisation score of every annotated slice of ``files``: each CAM method and
+    each baseline on the same slices, one row per (method, slice), columns :data:`RECORD_COLUMNS`.
+
+    Baselines (their ``method``):
+
+    * ``uniform``: a map with no information; each score is the boxes' share of the image;
+    * ``box prior``: the mean over the annotated slices of ``prior_files`` (the training
+      split) of their box masks: where lesions usually are;
+    * ``map prior (<method>)``: the mean of ``method``'s maps over every slice of ``prior_files``;
+    * ``ideal at <grid>``: the slice's own box mask average-pooled to the layer's grid and
+      upsampled back, the best a map at that grid can do;
+    * ``twin shift (<method>)``: with ``twin_path`` (the maps of the lesion-free twins), the
+      score on the lesion image minus the same score in the same boxes on the twin (IoU
+      not defined): how much of the map the lesion itself moved.
+
+    The boxes of one slice count as their union. ``files`` and ``prior_files`` must not
+    overlap (the priors never see the scored split).
     """
     if isinstance(methods, str):
         methods = [methods]
     info = heatmap_info(heatmaps_path)
-    df = _annotated(heatmaps_path, info, boxes_df, files)
-
-    def pairs(method):
-        stem_read, maps = None, None
-        for stem, slice_num, boxes in _slices(df):  # file by file: each file's maps are read once
-            if stem != stem_read:
-                stem_read, maps = stem, read_heatmaps(heatmaps_path, method, stem)[0]
-            if not 0 <= slice_num < maps.shape[0]:
-                raise DataError(heatmaps_path, f"annotated slice {slice_num} of {stem} is beyond its {maps.shape[0]} slices")
-            yield maps[slice_num], boxes
-
-    rows = [dict(localization_row(method, pairs(method), iou_threshold), layer=info["target_layer"],
-                 grid=_grid_text(info), split=split) for method in methods]
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-
-
-def baseline_table(heatmaps_path, boxes_df, methods, files, prior_files, split: str = "",
-                   iou_threshold: float = 0.5) -> pd.DataFrame:
-    """Maps that know nothing of the slice, scored on the same annotated slices as the CAMs.
-
-    Rows (``method`` names the baseline):
-
-    * ``uniform``: a map with no information (the boxes' share of the image, analytically);
-    * ``box prior``: the mean, over the annotated slices of ``prior_files`` (the training
-      split), of their box masks: where lesions usually are;
-    * ``map prior (<method>)``: the mean of ``method``'s maps over every slice of
-      ``prior_files``: where that method usually looks, whatever the slice;
-    * ``ideal at <grid>``: each slice's own box mask average-pooled to the heatmap file's
-      grid and upsampled back, the best a map at that grid can do.
-
-    Args:
-        files: the scored files (as :func:`localization_table`'s); prior_files: the files
-            the priors are averaged over (never the scored ones).
-    """
-    if isinstance(methods, str):
-        methods = [methods]
-    info = heatmap_info(heatmaps_path)
-    df = _annotated(heatmaps_path, info, boxes_df, files)
+    df = _boxes_of(info, boxes_df, files)
+    if df.empty:
+        raise DataError(heatmaps_path, f"none of the {boxes_df['file'].nunique()} annotated file(s) of this split has "
+                                       "heatmaps here (do the heatmaps and the annotations come from the same dataset?)")
     prior_files = sorted({str(f) for f in prior_files} & set(info["files"]))
+    if set(prior_files) & set(df["file"].astype(str)):
+        raise ParameterError("prior_files", "overlap the scored files: a prior must not see the split it is scored on")
     if not prior_files:
         raise DataError(heatmaps_path, "holds no map of the prior files (the training split)")
     shape = tuple(info["image_shapes"][prior_files[0]][1:])
-    extra = dict(layer=info["target_layer"], grid=_grid_text(info), split=split)
-    slices = list(_slices(df))
-    rows = [dict(chance_localization(df, shape), method="uniform", **extra)]
-    prior_boxes = boxes_df[boxes_df["file"].astype(str).isin(prior_files)]
-    masks = [boxes_mask(shape, boxes).astype(np.float64) for _, _, boxes in _slices(prior_boxes)]
-    if masks:
-        box_prior = np.mean(masks, axis=0)
-        rows.append(dict(localization_row("box prior", ((box_prior, b) for _, _, b in slices), iou_threshold), **extra))
+    read = _maps_reader(heatmaps_path)
+    priors = {}
+    prior_masks = [boxes_mask(shape, b).astype(np.float64)
+                   for _, _, b, _ in _slices(boxes_df[boxes_df["file"].astype(str).isin(prior_files)])]
+    if prior_masks:
+        priors["box prior"] = np.mean(prior_masks, axis=0)
     for method in methods:
-        mean = np.mean(np.concatenate([read_heatmaps(heatmaps_path, method, f)[0] for f in prior_files]), axis=0)
-        rows.append(dict(localization_row(f"map prior ({method})", ((mean, b) for _, _, b in slices), iou_threshold),
-                         **extra))
-    if info.get("grid"):
-        def ideal(boxes):
+        priors[f"map prior ({method})"] = np.mean(np.concatenate([read(method, f) for f in prior_files]), axis=0)
+    twin_info = heatmap_info(twin_path) if twin_path is not None and Path(twin_path).is_file() else None
+    read_twin = _maps_reader(twin_path) if twin_info else None
+    grid = info.get("grid")
+    rows = []
+    for method in methods:  # method by method, file by file: each volume's maps are read once
+        for stem, slice_num, boxes, labels in _slices(df):
+            maps = read(method, stem)
+            if not 0 <= slice_num < maps.shape[0]:
+                raise DataError(heatmaps_path, f"annotated slice {slice_num} of {stem} is beyond its {maps.shape[0]} slices")
+            key = dict(file=stem, slice=slice_num, labels=labels)
+            scores = _score(maps[slice_num], boxes, iou_threshold)
+            rows.append(dict(method=method, **key, **dict(zip(("pointing_game", "energy_in_box", "iou"), scores))))
+            if twin_info and stem in twin_info["files"]:
+                t_scores = _score(read_twin(method, stem)[slice_num], boxes, iou_threshold)
+                rows.append(dict(method=f"twin shift ({method})", **key, pointing_game=scores[0] - t_scores[0],
+                                 energy_in_box=scores[1] - t_scores[1], iou=float("nan")))
+    for stem, slice_num, boxes, labels in _slices(df):
+        key = dict(file=stem, slice=slice_num, labels=labels)
+        share = float(boxes_mask(shape, boxes).mean())
+        rows.append(dict(method="uniform", **key, pointing_game=share, energy_in_box=share, iou=share))
+        for name, prior in priors.items():
+            rows.append(dict(method=name, **key, **dict(zip(("pointing_game", "energy_in_box", "iou"),
+                                                            _score(prior, boxes, iou_threshold)))))
+        if grid:
             mask = torch.from_numpy(boxes_mask(shape, boxes).astype(np.float32))[None, None]
-            pooled = F.adaptive_avg_pool2d(mask, info["grid"])
-            return F.interpolate(pooled, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-        rows.append(dict(localization_row(f"ideal at {_grid_text(info)}", ((ideal(b), b) for _, _, b in slices),
-                                          iou_threshold), **extra))
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+            ideal = F.interpolate(F.adaptive_avg_pool2d(mask, grid), size=shape, mode="bilinear",
+                                  align_corners=False)[0, 0].numpy()
+            rows.append(dict(method=f"ideal at {_grid_text(info)}", **key, **dict(zip(
+                ("pointing_game", "energy_in_box", "iou"), _score(ideal, boxes, iou_threshold)))))
+    return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
 
 
-def localization_report(heatmaps_path, boxes_df, methods, evaluation_files, train_files,
-                        iou_threshold: float = 0.5) -> pd.DataFrame:
-    """Chapter 4's table: every method and the baselines on the evaluation split's annotated
-    slices, and every method on the training split's (whose maps weight the U-Net's loss).
+def summarize_records(records: pd.DataFrame, info: dict, split: str, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Means of :func:`slice_records` per method (and per ``by`` column), with the heatmap
+    file's source, seed, layer and grid: the rows of ``localization.csv`` (columns
+    :data:`TABLE_COLUMNS` and ``by``)."""
+    keys = ["method", *by]
+    out = records.groupby(keys, sort=False).agg(
+        n_slices=("slice", "size"), pointing_game=("pointing_game", "mean"),
+        energy_in_box=("energy_in_box", "mean"), iou=("iou", "mean")).reset_index()
+    out.insert(0, "source", info.get("source", ""))
+    out.insert(1, "seed", info.get("seed", 0))
+    out["layer"], out["grid"], out["split"] = info["target_layer"], _grid_text(info), split
+    return out[[*TABLE_COLUMNS[:3], *by, *TABLE_COLUMNS[3:]]]
 
-    A split without an annotated slice contributes no rows (a line says so); the priors
-    are averaged over the training split only, so nothing of the evaluation split leaks
-    into them.
+
+def localization_report(heatmaps_path, boxes_df, methods, files: Mapping[str, Sequence[str]], twin_path=None,
+                        iou_threshold: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chapter 4's table for one heatmap file: every method and the baselines on the
+    annotated slices of the evaluation split, of the selection split (where a method is
+    chosen) and of the training split (whose maps weight the U-Net's loss).
+
+    Args:
+        files: the file stems of each role: ``{"train": [...], "selection": [...],
+            "evaluation": [...]}``. The priors of the evaluation and selection rows are
+            averaged over the training split; those of the training rows over the selection
+            split, so that a prior never scores the slices it was averaged over.
+        twin_path: the maps of the evaluation split's lesion-free twins (twin-shift rows).
+
+    Returns:
+        ``(table, records)``: the summary (:func:`summarize_records`) and the per-slice
+        records with a ``split`` column. A split without an annotated slice contributes no
+        rows (a line says so).
     """
     info = heatmap_info(heatmaps_path)
-    parts = []
-    for split, files in (("evaluation", evaluation_files), ("train", train_files)):
-        if _boxes_of(info, boxes_df, files).empty:
+    parts, recs = [], []
+    for split, scored, prior, twins in (("evaluation", files["evaluation"], files["train"], twin_path),
+                                        ("selection", files["selection"], files["train"], None),
+                                        ("train", files["train"], files["selection"], None)):
+        files_ = scored
+        if _boxes_of(info, boxes_df, files_).empty:
             print(f"no annotated slice in the {split} split: no localisation rows for it")
             continue
-        parts.append(localization_table(heatmaps_path, boxes_df, methods, iou_threshold, files, split))
-        if split == "evaluation":
-            parts.append(baseline_table(heatmaps_path, boxes_df, methods, files, train_files, split, iou_threshold))
+        r = slice_records(heatmaps_path, boxes_df, methods, files_, prior, twins, iou_threshold)
+        parts.append(summarize_records(r, info, split))
+        recs.append(r.assign(split=split))
     if not parts:
         raise DataError(heatmaps_path, "no annotated slice in the evaluation or training split to localise")
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True), pd.concat(recs, ignore_index=True)
+
+
+def by_group(records: pd.DataFrame, info: dict, acquisitions: dict[str, str]) -> pd.DataFrame:
+    """The localisation table broken down by lesion kind (a slice counts in each of its
+    boxes' labels) and by acquisition (``acquisitions``: file stem -> PD/PDFS protocol),
+    with ``group`` and ``value`` columns and the n of slices per row."""
+    parts = []
+    for split, r in records.groupby("split", sort=False):
+        kinds = r.assign(value=r["labels"].str.split("; ")).explode("value")
+        parts.append(summarize_records(kinds, info, split, by=["value"]).assign(group="lesion kind"))
+        acq = r.assign(value=r["file"].map(acquisitions).fillna("unknown"))
+        parts.append(summarize_records(acq, info, split, by=["value"]).assign(group="acquisition"))
+    out = pd.concat(parts, ignore_index=True)
+    return out[[*TABLE_COLUMNS[:3], "group", "value", *TABLE_COLUMNS[3:]]]
+
+
+def paired_difference(records: pd.DataFrame, a: str, b: str, metric: str = "energy_in_box",
+                      n_boot: int = 2000, seed: int = 0) -> dict:
+    """Method ``a`` minus method ``b`` on the same slices, with a 95 % bootstrap interval
+    that resamples volumes (:func:`mrlib.stats.cluster_bootstrap`); for a ``twin shift``
+    row ``b`` may be ``None`` (its values are already differences)."""
+    ra = records[records["method"] == a].set_index(["file", "slice"])[metric]
+    d = ra if b is None else ra - records[records["method"] == b].set_index(["file", "slice"])[metric]
+    d = d.dropna()
+    mean, low, high, n = cluster_bootstrap(d.to_numpy(), d.index.get_level_values("file"), n_boot, seed)
+    return dict(a=a, b=b or "", metric=metric, difference=mean, low=low, high=high, n_slices=int(len(d)), n_volumes=n)
+
+
+def source_heatmaps(model: nn.Module, volumes, twin_volumes, methods, out_path, twin_path, layer: str,
+                    flip_ud: bool, input_size: int, source: str, seed: int, tau: float,
+                    batch_size: int = 16, device=None, progress: bool = True) -> Path:
+    """Chapter 4's maps of one classifier (a source and seed): every volume with a target
+    at ``out_path``, and the lesion-free twins (``twin_volumes``, may be empty) at ``twin_path``."""
+    kw = dict(flip_ud=flip_ud, batch_size=batch_size, progress=progress, device=device, input_size=input_size,
+              target_layer=default_target_layer(model, layer), source=source, seed=seed, tau=tau)
+    compute_heatmaps(model, volumes, methods, out_path, **kw)
+    if twin_volumes:
+        compute_heatmaps(model, twin_volumes, methods, twin_path, **kw)
+    return Path(out_path)

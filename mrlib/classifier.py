@@ -10,17 +10,21 @@ on the pixels of the image it came from.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import kneemri, mrnet
+from .data import fastmri_h5, kneemri, mrnet, twins
+from .data.annotations import read_file_list
+from .data.manifest import manifest_boxes, role_files, twin_files
 from .errors import DataError, ParameterError
-from .metrics import AUC_CI_METHOD, roc_auc, score_auc_ci
-from .runtime import progress_bar
-from .train import fit
+from .metrics import AUC_CI_METHOD, roc_auc, score_auc_ci, youden_threshold
+from .models import MRNet
+from .runtime import progress_bar, seed_everything
+from .train import fit, load_weights
 
 INPUT_SIZE = 224
 #: Bien et al. 2018's intensity mean and standard deviation on the 0-255 scale.
@@ -206,9 +210,180 @@ def evaluate_mrnet(
     return metrics, prob
 
 
+# --------------------------------------------------------------------------- per-slice sources
+
+
+def slice_logits(model: torch.nn.Module, exams: list[torch.Tensor], idx, device: torch.device,
+                 batch_size: int = 32) -> list[np.ndarray]:
+    """Each slice's own logit (``model.slice_logits``) of exams ``idx``: one ``(S,)`` array per exam."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in idx:
+            x = exams[i]
+            out.append(np.concatenate([model.slice_logits(x[s:s + batch_size].to(device))[:, 0].float().cpu().numpy()
+                                       for s in range(0, x.shape[0], batch_size)]).astype(np.float64))
+    return out
+
+
+def train_slice_classifier(
+    model: torch.nn.Module,
+    data: ExamSet,
+    out_dir: str,
+    epochs: int = 10,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 16,
+    resume: bool = True,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train MRNet's backbone and linear unit on slices: each slice's own logit
+    (``model.slice_logits``) against its label, binary cross-entropy with the positive
+    class weighted by the training slices' negative/positive ratio, Adam, the learning rate
+    cut on a stalled selection loss as in :func:`train_mrnet`, ``best.pt`` the epoch with the
+    lowest selection (``val``) loss. Slices are visited in an order drawn from ``(seed, epoch)``.
+
+    Args:
+        data: a per-slice :class:`ExamSet` (``slice_labels`` set).
+    """
+    if data.slice_labels is None:
+        raise ParameterError("data", "train_slice_classifier needs slice labels (a per-slice source such as fastmri)")
+    device = next(model.parameters()).device
+    items = np.array([(i, s) for i in data.splits["train"] for s in range(len(data.slice_labels[i]))])
+    y = np.array([data.slice_labels[i][s] for i, s in items], dtype=np.float32)
+    pos_weight = torch.tensor([(len(y) - y.sum()) / max(float(y.sum()), 1.0)], device=device)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    val_idx = data.splits["val"]
+    y_val = np.concatenate([data.slice_labels[i] for i in val_idx]).astype(np.float32)
+
+    def batches(epoch: int):
+        order = np.random.default_rng([seed, epoch]).permutation(len(items))
+        return (order[k:k + batch_size] for k in range(0, len(order), batch_size))
+
+    def step(m: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
+        x = torch.stack([data.exams[i][s] for i, s in items[batch]]).to(device)
+        return loss_fn(m.slice_logits(x)[:, 0], torch.from_numpy(y[batch]).to(device))
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        logits = np.concatenate(slice_logits(m, data.exams, val_idx, device))
+        loss = loss_fn(torch.tensor(logits, dtype=torch.float32, device=device), torch.from_numpy(y_val).to(device))
+        return {"val_loss": loss.item(), "val_auc": roc_auc(y_val, logits)}
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=5, factor=0.3, threshold=1e-4)
+    config = {"lr": lr, "weight_decay": weight_decay, "seed": seed, "batch_size": batch_size,
+              "n_train_slices": len(items), "n_val_slices": len(y_val)}
+    return fit(model, batches, step, validate, optimizer, epochs, out_dir, scheduler=scheduler,
+               monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice MRNet")
+
+
+def evaluate_slices(model: torch.nn.Module, data: ExamSet) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Scores of a per-slice classifier on its test (evaluation) exams.
+
+    The threshold ``tau`` on a slice's probability is Youden-optimal on the ``val``
+    (selection) slices, never on test data. The exam score is the maximum of its slices'.
+
+    Returns:
+        ``(metrics, test logits)``: ``slice_auc`` with its 95 % score interval over the
+        test slices (slices of one volume are not independent, so the interval is
+        optimistic), exam ``auc`` and interval, ``tau``, the slices' sensitivity and
+        specificity at it, counts; and one ``(S,)`` logit array per test exam.
+    """
+    device = next(model.parameters()).device
+    val, test = data.splits["val"], data.splits["test"]
+    prob = lambda logits: 1 / (1 + np.exp(-np.concatenate(logits)))  # noqa: E731
+    tau = youden_threshold(np.concatenate([data.slice_labels[i] for i in val]),
+                           prob(slice_logits(model, data.exams, val, device)))
+    logits = slice_logits(model, data.exams, test, device)
+    y_slice = np.concatenate([data.slice_labels[i] for i in test])
+    p_slice = prob(logits)
+    y_exam = data.labels[test].astype(int)
+    p_exam = np.array([1 / (1 + np.exp(-lg.max())) for lg in logits])
+    call = p_slice >= tau
+    metrics = {
+        "slice_auc": roc_auc(y_slice, p_slice), "slice_auc_ci": list(score_auc_ci(y_slice, p_slice)),
+        "auc": roc_auc(y_exam, p_exam) if 0 < y_exam.sum() < len(y_exam) else float("nan"),
+        "auc_ci": list(score_auc_ci(y_exam, p_exam)) if 0 < y_exam.sum() < len(y_exam) else [float("nan")] * 2,
+        "auc_ci_method": AUC_CI_METHOD, "tau": tau,
+        "slice_sensitivity": float(call[y_slice == 1].mean()), "slice_specificity": float(1 - call[y_slice == 0].mean()),
+        "n_test": int(len(test)), "n_positive": int(y_exam.sum()),
+        "n_slices": int(len(y_slice)), "n_positive_slices": int(y_slice.sum()),
+    }
+    return metrics, logits
+
+
+# --------------------------------------------------------------------------- one-feature baselines
+
+
+def box_feature(image: np.ndarray, box) -> float:
+    """The mean intensity inside ``box`` ``(x, y, w, h)`` of a ``(H, W)`` slice, divided by
+    the median of the slice's foreground (pixels above a tenth of its maximum): one number
+    a skeptic computes without training anything."""
+    image = np.asarray(image, dtype=np.float64)
+    x, y, w, h = (int(v) for v in box[:4])
+    inside = image[max(y, 0):y + h, max(x, 0):x + w]
+    fg = image[image > 0.1 * image.max()]
+    return float(inside.mean() / max(float(np.median(fg)), 1e-12)) if inside.size and fg.size else float("nan")
+
+
+def feature_auc(labels, scores) -> dict[str, Any]:
+    """``baseline_auc``, ``baseline_auc_ci`` (score interval), ``baseline_n``, ``baseline_n_positive``."""
+    labels, scores = np.asarray(labels, int), np.asarray(scores, np.float64)
+    return {"baseline_auc": roc_auc(labels, scores), "baseline_auc_ci": list(score_auc_ci(labels, scores)),
+            "baseline_n": int(len(labels)), "baseline_n_positive": int(labels.sum())}
+
+
+def kneemri_baseline(manifest: dict, task: str = "acl") -> dict[str, Any]:
+    """The kneeMRI one-feature baseline over every exam of the cohort: :func:`box_feature`
+    of the metadata's ACL box, averaged over the slices it spans, against the task's label."""
+    meta = kneemri.read_metadata(manifest["kneemri"])
+    label = kneemri.TASKS[task]
+    scores, labels = [], []
+    for row in meta.itertuples():
+        vol = kneemri.load_pck(row.volumePath)
+        box = (row.roiX, row.roiY, row.roiWidth, row.roiHeight)
+        scores.append(np.mean([box_feature(vol[z], box) for z in range(row.roiZ, min(row.roiZ + row.roiDepth, len(vol)))]))
+        labels.append(label(row))
+    return {**feature_auc(labels, scores), "baseline": "mean intensity in the metadata ACL box / median foreground"}
+
+
+def twin_baseline(manifest: dict, twin_paths: dict, boxes) -> dict[str, Any]:
+    """The in-domain one-feature baseline: for every lesion box of a volume with a
+    lesion-free twin, :func:`box_feature` in the box on the lesion image (a positive) and
+    in the same box on the twin (a negative). ``None`` without twins (real data)."""
+    if not twin_paths:
+        return {}
+    paths = {p.stem: p for role in ("train", "selection", "evaluation") for p in role_files(manifest, role)}
+    scores, labels = [], []
+    for stem, twin_path in sorted(twin_paths.items()):
+        if stem not in paths:
+            continue
+        _, target, _ = fastmri_h5.read_volume(paths[stem])
+        twin = twins.read_twin(twin_path).twin
+        for row in boxes[boxes["file"].astype(str) == stem].itertuples():
+            box = (row.x, row.y, row.width, row.height)
+            scores += [box_feature(target[row.slice], box), box_feature(twin[row.slice], box)]
+            labels += [1, 0]
+    return {**feature_auc(labels, scores), "baseline": "mean intensity in a lesion box / median foreground, "
+                                                       "lesion image against its lesion-free twin"}
+
+
 # --------------------------------------------------------------------------- exam sources
 
-Exams = tuple[list[torch.Tensor], np.ndarray, list[str], dict[str, np.ndarray]]
+class ExamSet(NamedTuple):
+    """A classifier's data: ``exams`` ``(S, 3, size, size)`` each (:func:`prepare_exam`),
+    exam ``labels`` ``(n,)``, exam ``names``, ``splits`` (``train``/``val``/``test`` exam
+    indices) and, for a per-slice source, each exam's ``slice_labels`` ``(S,)``."""
+
+    exams: list[torch.Tensor]
+    labels: np.ndarray
+    names: list[str]
+    splits: dict[str, np.ndarray]
+    slice_labels: list[np.ndarray] | None = None
+
+
+Exams = ExamSet
 
 #: name -> exam source class: the data a classifier (and so an ROI source) is trained on.
 SOURCES: dict[str, type["ExamSource"]] = {}
@@ -223,6 +398,8 @@ class ExamSource:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ()
+    #: trained and scored per slice (a slice label each), exam score the maximum over slices
+    per_slice: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -230,13 +407,19 @@ class ExamSource:
             SOURCES[cls.name] = cls
 
     def check_task(self, task: str) -> str:
+        """``task``, or the source's first task when empty; an unknown task is refused."""
+        task = task or self.tasks[0]
         if task not in self.tasks:
             raise ParameterError("task", f"{self.name} has the tasks {', '.join(self.tasks)}, not {task!r}")
         return task
 
-    def load(self, manifest: dict, task: str, plane: str, size: int, seed: int, progress: bool) -> Exams:
-        """``(exams (S, 3, size, size) each, labels (n,), exam names, splits)``."""
+    def load(self, manifest: dict, task: str, plane: str, size: int, seed: int, progress: bool) -> ExamSet:
+        """The source's :class:`ExamSet`."""
         raise NotImplementedError
+
+    def baseline(self, manifest: dict, task: str) -> dict[str, Any]:
+        """The source's one-feature baseline (:func:`feature_auc`'s keys), ``{}`` if it has none."""
+        return {}
 
 
 class KneeMRISource(ExamSource):
@@ -244,16 +427,19 @@ class KneeMRISource(ExamSource):
     description = "kneeMRI (Stajduhar et al. 2017): sagittal exams with ACL diagnoses, split 60/20/20 by label"
     tasks = ("acl", "acl_complete")
 
+    def baseline(self, manifest, task):
+        return kneemri_baseline(manifest, task)
+
     def load(self, manifest, task, plane, size, seed, progress):
         if not manifest.get("kneemri"):
             raise DataError(manifest["data_dir"], "holds no kneemri/metadata.csv for the classifier")
-        self.check_task(task)
+        task = self.check_task(task)
         ds = kneemri.KneeMRIDataset(manifest["kneemri"], task=task)
         names = list(ds.df.volumeFilename)
         exams = [prepare_exam(ds[i][0], where=names[i], size=size)
                  for i in progress_bar(range(len(ds)), desc="kneeMRI exams", progress=progress)]
         labels = np.array(ds.labels)
-        return exams, labels, names, stratified_split(labels, seed=seed)
+        return ExamSet(exams, labels, names, stratified_split(labels, seed=seed))
 
 
 class MRNetSource(ExamSource):
@@ -263,6 +449,7 @@ class MRNetSource(ExamSource):
     tasks = ("abnormal", "acl", "meniscus")
 
     def load(self, manifest, task, plane, size, seed, progress):
+        task = self.check_task(task)
         root = mrnet.find_root(manifest["data_dir"])
         if root is None:
             raise DataError(manifest["data_dir"], "holds no MRNet-v1.0 directory")
@@ -279,7 +466,67 @@ class MRNetSource(ExamSource):
         inner = stratified_split(labels[train_all], val_fraction=0.2, test_fraction=0.0, seed=seed)
         splits = {"train": train_all[inner["train"]], "val": train_all[inner["val"]],
                   "test": np.flatnonzero(split_of == "valid")}
-        return exams, labels, names, splits
+        return ExamSet(exams, labels, names, splits)
+
+
+def labelled_files(manifest: dict, boxes) -> set[str] | None:
+    """The file stems whose slices carry labels: the reviewed files of fastMRI+'s
+    ``knee_file_list.csv`` and every file with a box; ``None`` (every file) without a list,
+    as in the synthetic layout, where every file was "reviewed" by construction."""
+    listed = manifest.get("annotation_file_list")
+    if not listed:
+        return None
+    return set(read_file_list(listed)) | set(boxes["file"].astype(str))
+
+
+def slice_labels(boxes, stem: str, n_slices: int) -> np.ndarray:
+    """``(S,)`` 0/1: 1 where slice ``s`` of ``stem`` holds a lesion box."""
+    y = np.zeros(int(n_slices), dtype=np.int64)
+    held = boxes.loc[boxes["file"].astype(str) == str(stem), "slice"].astype(int)
+    y[held[(held >= 0) & (held < n_slices)].to_numpy()] = 1
+    return y
+
+
+class FastMRISource(ExamSource):
+    name = "fastmri"
+    description = ("in-domain: the reconstruction data's fully sampled coronal targets, one label per slice "
+                   "(a lesion box or none); trained on the train role, checkpoint and threshold chosen on the "
+                   "selection role, scored on the evaluation role")
+    tasks = ("lesion",)
+    per_slice = True
+
+    def load(self, manifest, task, plane, size, seed, progress):
+        """The input size is the targets' own (no resize blurs a small lesion); ``size`` is ignored."""
+        boxes = manifest_boxes(manifest)
+        if boxes is None:
+            raise DataError(manifest["data_dir"], "holds no annotations/knee.csv: the fastmri ROI source learns "
+                                                  "from the lesion boxes")
+        reviewed = labelled_files(manifest, boxes)
+        exams, labels, names, per_slice, split_of = [], [], [], [], []
+        for split, role in (("train", "train"), ("val", "selection"), ("test", "evaluation")):
+            paths = [p for p in role_files(manifest, role) if reviewed is None or p.stem in reviewed]
+            for path in progress_bar(paths, desc=f"fastMRI {role} targets", progress=progress):
+                _, target, _ = fastmri_h5.read_volume(path)
+                if target is None:
+                    raise DataError(path, f"has no target; the {role} role needs one")
+                y = slice_labels(boxes, path.stem, target.shape[0])
+                exams.append(prepare_exam(target, where=str(path), size=min(target.shape[-2:])))
+                per_slice.append(y)
+                labels.append(int(y.any()))
+                names.append(path.stem)
+                split_of.append(split)
+        split_of = np.array(split_of)
+        splits = {s: np.flatnonzero(split_of == s) for s in ("train", "val", "test")}
+        for s, idx in splits.items():
+            ys = np.concatenate([per_slice[i] for i in idx]) if len(idx) else np.zeros(0)
+            if len(ys) == 0 or ys.min() == ys.max():
+                raise DataError(manifest["data_dir"], f"the {s} split of the fastmri ROI source needs slices with and "
+                                                      f"without a lesion box; it has {int(ys.sum())} of {len(ys)} with one")
+        return ExamSet(exams, np.array(labels), names, splits, per_slice)
+
+    def baseline(self, manifest, task):
+        boxes = manifest_boxes(manifest)
+        return twin_baseline(manifest, twin_files(manifest), boxes) if boxes is not None else {}
 
 
 def load_exams(
@@ -290,13 +537,65 @@ def load_exams(
 
     Args:
         manifest: the run manifest (notebook 01).
-        source: a name of :data:`SOURCES` (``kneemri``, ``mrnet``).
+        source: a name of :data:`SOURCES` (``kneemri``, ``mrnet``, ``fastmri``).
         task: the source's label (see each source's ``tasks``).
         plane: MRNet-v1.0's plane (kneeMRI is sagittal only).
 
     Returns:
-        ``(exams (S, 3, size, size) each, labels (n,), exam names, splits)``.
+        an :class:`ExamSet`.
     """
     if source not in SOURCES:
         raise ParameterError("source", f"unknown classifier data {source!r}; use one of {', '.join(SOURCES)}")
     return SOURCES[source]().load(manifest, task, plane, size, seed, progress)
+
+
+def train_source(run, manifest: dict, cfg, seeds, device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Train, select and score one ROI source's classifier for each seed in ``seeds``, and
+    write ``RUN/mrnet/<source>/metrics.json``, ``splits.json`` and ``predictions.csv``.
+
+    Args:
+        run: the :class:`~mrlib.rundir.RunDir`; cfg: a :class:`~mrlib.config.ClassifierConfig`
+            (its ``roi_source``; its ``seed`` fixes the exam splits).
+
+    Returns:
+        the metrics: ``auc``, ``auc_ci``, ``auc_ci_method``, ``n``, ``n_positive`` of the first
+        seed, the source's ``baseline_auc`` and ``baseline_auc_ci`` (one feature, no training),
+        ``seeds`` (every seed's own metrics and ``history``), and for a per-slice source
+        ``slice_auc`` (evaluation split) and ``tau``.
+    """
+    source = SOURCES[cfg.roi_source]()
+    task = source.check_task(cfg.task)
+    data = load_exams(manifest, cfg.roi_source, task, cfg.plane, cfg.mrnet_input_size, cfg.seed, progress)
+    input_size = int(data.exams[0].shape[-1])
+    per_seed, predictions = [], []
+    for seed in seeds:
+        seed_everything(seed)
+        model = MRNet(pretrained=cfg.pretrained).to(device)
+        ckpt = run.classifier(cfg.roi_source, seed)
+        kw = dict(epochs=cfg.slice_epochs if source.per_slice else cfg.mrnet_epochs, lr=cfg.mrnet_lr, weight_decay=cfg.mrnet_weight_decay, seed=seed,
+                  progress=progress)
+        if source.per_slice:
+            history = train_slice_classifier(model, data, ckpt, **kw)
+            load_weights(model, ckpt.best)
+            metrics, logits = evaluate_slices(model, data)
+            exam_prob = [1 / (1 + np.exp(-lg.max())) for lg in logits]
+        else:
+            history = train_mrnet(model, data.exams, data.labels, data.splits, ckpt, **kw)
+            load_weights(model, ckpt.best)
+            metrics, exam_prob = evaluate_mrnet(model, data.exams, data.labels, data.splits["test"],
+                                                threshold=cfg.decision_threshold, seed=seed)
+        metrics.update(seed=int(seed), best_epoch=int(np.argmin([h["val_loss"] for h in history]) + 1), history=history)
+        per_seed.append(metrics)
+        predictions += [dict(seed=int(seed), exam=data.names[i], label=int(data.labels[i]), probability=float(p))
+                        for i, p in zip(data.splits["test"], exam_prob)]
+    first = per_seed[0]
+    out = {k: first[k] for k in ("auc", "auc_ci", "auc_ci_method") if k in first}
+    out.update(n=first["n_test"], n_positive=first["n_positive"], source=cfg.roi_source, task=task,
+               input_size=input_size, per_slice=source.per_slice, description=source.description,
+               seeds=per_seed, baseline_auc=float("nan"), baseline_auc_ci=[float("nan"), float("nan")])
+    if source.per_slice:
+        out.update(slice_auc=first["slice_auc"], slice_auc_ci=first["slice_auc_ci"], tau=first["tau"])
+    out.update(source.baseline(manifest, task))
+    run.write_classifier_results(cfg.roi_source, out, {k: [data.names[i] for i in v] for k, v in data.splits.items()},
+                                 pd.DataFrame(predictions).to_csv(index=False))
+    return out

@@ -78,6 +78,9 @@ class UnetConfig(_Config):
     alpha: float = _f(4.0, "up-weighting strength of the weighted variants")
     threshold: float = _f(0.5, "heatmap threshold of the threshold rule")
     cam_method: str = _f("gradcam", "which chapter-4 map weights the gradcam variant")
+    roi_source: str = _f("fastmri", "whose chapter-4 maps weight the gradcam variant: fastmri (in-domain), kneemri or mrnet")
+    gate: bool = _f(False, "gradcam variant: no up-weighting on a slice the in-domain classifier calls healthy "
+                           "(probability below its Youden threshold tau)")
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, mps", identity=False)
     storage: str = _f("auto", "where the k-space lives: auto, device, host (pinned) or stream", identity=False)
 
@@ -86,10 +89,14 @@ class UnetConfig(_Config):
 class ClassifierConfig(_Config):
     """The injury classifier of chapter 3 (MRNet), whose Grad-CAM maps are the ROIs."""
 
-    source: str = _f("kneemri", "classifier data: kneemri, or mrnet for MRNet-v1.0 under the data directory")
-    task: str = _f("acl", "kneemri: acl (any tear) or acl_complete; mrnet: abnormal, acl or meniscus")
+    roi_source: str = _f("kneemri", "the classifier's data, whose Grad-CAM maps are an ROI source: kneemri, mrnet "
+                                    "(MRNet-v1.0 under the data directory) or fastmri (in-domain: the reconstruction "
+                                    "data's own lesion boxes, per slice)")
+    task: str = _f("", "the label; empty: the source's first. kneemri: acl (any tear) or acl_complete; "
+                       "mrnet: abnormal, acl or meniscus; fastmri: lesion")
     plane: str = _f("sagittal", "MRNet-v1.0 plane (kneeMRI is sagittal only)")
-    mrnet_epochs: int = _f(2, "training epochs")
+    mrnet_epochs: int = _f(2, "training epochs of an exam classifier (kneemri, mrnet)")
+    slice_epochs: int = _f(2, "training epochs of a per-slice classifier (fastmri)")
     mrnet_lr: float = _f(1e-4, "Adam learning rate (Bien et al. 2018 fine-tune ImageNet weights at 1e-5; "
                                "from scratch on a CPU 1e-4)")
     mrnet_weight_decay: float = _f(0.01, "Adam weight decay (Bien et al. 2018)")

@@ -117,6 +117,17 @@ def score_auc_ci(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) ->
     return float(low), float(high)
 
 
+def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold ``t`` that maximises Youden's J = sensitivity + specificity - 1
+    for the rule ``score >= t`` (the lowest such score when several tie)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    roc_auc(labels, scores)  # both classes, or a clear error
+    candidates = np.unique(scores)
+    j = [(scores[labels == 1] >= t).mean() - (scores[labels == 0] >= t).mean() for t in candidates]
+    return float(candidates[int(np.argmax(j))])
+
+
 # --------------------------------------------------------------------------- ROI metrics
 
 def roi_mask(shape: tuple[int, ...], boxes_by_slice: Mapping[int, Sequence]) -> np.ndarray:

@@ -7,9 +7,11 @@ of its file names. Its layout::
     RUN/data/                         the synthetic cohorts, when no --data is given
     RUN/manifest.json                 chapter 1: splits, shapes, checks (paths relative)
     RUN/masking.json                  chapter 2: the masking spec
-    RUN/mrnet/{best,last}.pt, history.json, metrics.json, splits.json, predictions.csv
-                                      chapter 3: the classifier
-    RUN/gradcam/heatmaps.h5, localization.csv, localization_kneemri.csv
+    RUN/mrnet/<source>/metrics.json, splits.json, predictions.csv
+    RUN/mrnet/<source>/seed<N>/{best,last}.pt, history.json
+                                      chapter 3: a classifier per ROI source and seed
+    RUN/gradcam/<source>/seed<N>/heatmaps.h5, twin_heatmaps.h5
+    RUN/gradcam/localization.csv, localization_by_group.csv, localization_kneemri.csv
                                       chapter 4: the CAMs and how well they localise
     RUN/unet/runs.json                chapter 5: the run registry (merged under a lock)
     RUN/unet/<variant key>/seed<N>/{best,last}.pt, history.json, config.json
@@ -104,7 +106,9 @@ class RunDir:
     CLASSIFIER_PREDICTIONS = "predictions.csv"
     GRADCAM = "gradcam"
     HEATMAPS = "heatmaps.h5"
+    TWIN_HEATMAPS = "twin_heatmaps.h5"
     LOCALIZATION = "localization.csv"
+    LOCALIZATION_BY_GROUP = "localization_by_group.csv"
     LOCALIZATION_IN_DOMAIN = "localization_kneemri.csv"
     UNET = "unet"
     REGISTRY = "runs.json"
@@ -212,45 +216,51 @@ class RunDir:
         return MaskSpec.from_dict(read_json(self.masking_path))
 
     # ------------------------------------------------------------------ chapter 3
-    @property
-    def classifier(self) -> CheckpointDir:
-        return CheckpointDir(self.root / self.CLASSIFIER)
+    def classifier(self, source: str, seed: int = 0) -> CheckpointDir:
+        """The checkpoints of ``source``'s classifier trained with ``seed``."""
+        return CheckpointDir(self.root / self.CLASSIFIER / str(source) / f"seed{int(seed)}")
 
-    @property
-    def classifier_metrics(self) -> Path:
-        return self.classifier.path / self.CLASSIFIER_METRICS
+    def classifier_metrics(self, source: str) -> Path:
+        return self.root / self.CLASSIFIER / str(source) / self.CLASSIFIER_METRICS
 
-    @property
-    def classifier_splits(self) -> Path:
-        return self.classifier.path / self.CLASSIFIER_SPLITS
+    def classifier_splits(self, source: str) -> Path:
+        return self.root / self.CLASSIFIER / str(source) / self.CLASSIFIER_SPLITS
 
-    @property
-    def classifier_predictions(self) -> Path:
-        return self.classifier.path / self.CLASSIFIER_PREDICTIONS
+    def classifier_predictions(self, source: str) -> Path:
+        return self.root / self.CLASSIFIER / str(source) / self.CLASSIFIER_PREDICTIONS
 
-    def write_classifier_results(self, metrics: Mapping, splits: Mapping, predictions_csv: str) -> None:
-        write_json(self.classifier_metrics, dict(metrics))
-        write_json(self.classifier_splits, dict(splits))
-        write_text(self.classifier_predictions, predictions_csv)
+    def write_classifier_results(self, source: str, metrics: Mapping, splits: Mapping, predictions_csv: str) -> None:
+        write_json(self.classifier_metrics(source), dict(metrics))
+        write_json(self.classifier_splits(source), dict(splits))
+        write_text(self.classifier_predictions(source), predictions_csv)
 
-    def read_classifier_metrics(self) -> dict[str, Any]:
-        if not self.classifier_metrics.is_file():
-            raise DataError(self.classifier_metrics, "missing; notebook 03_mrnet writes it (run it first)")
-        return read_json(self.classifier_metrics)
+    def read_classifier_metrics(self, source: str) -> dict[str, Any]:
+        path = self.classifier_metrics(source)
+        if not path.is_file():
+            have = self.classifier_sources()
+            raise DataError(path, f"missing; notebook 03_mrnet writes it with roi_sources including {source!r} "
+                                  f"(this run has: {', '.join(have) or 'none'})")
+        return read_json(path)
 
-    def read_classifier_splits(self) -> dict[str, list[str]]:
-        return read_json(self.classifier_splits)
+    def read_classifier_splits(self, source: str) -> dict[str, list[str]]:
+        return read_json(self.classifier_splits(source))
+
+    def classifier_sources(self) -> list[str]:
+        """The ROI sources whose classifier chapter 3 finished (its metrics are written)."""
+        base = self.root / self.CLASSIFIER
+        return sorted(p.parent.name for p in base.glob(f"*/{self.CLASSIFIER_METRICS}")) if base.is_dir() else []
 
     # ------------------------------------------------------------------ chapter 4
-    @property
-    def heatmaps(self) -> Path:
-        return self.root / self.GRADCAM / self.HEATMAPS
+    def heatmaps(self, source: str, seed: int = 0, twin: bool = False) -> Path:
+        """The maps of ``source``'s classifier ``seed`` (``twin``: on the lesion-free twins)."""
+        return self.root / self.GRADCAM / str(source) / f"seed{int(seed)}" / (self.TWIN_HEATMAPS if twin else self.HEATMAPS)
 
-    def localization(self, in_domain: bool = False) -> Path:
-        return self.root / self.GRADCAM / (self.LOCALIZATION_IN_DOMAIN if in_domain else self.LOCALIZATION)
+    def localization(self, in_domain: bool = False, by_group: bool = False) -> Path:
+        name = self.LOCALIZATION_IN_DOMAIN if in_domain else self.LOCALIZATION_BY_GROUP if by_group else self.LOCALIZATION
+        return self.root / self.GRADCAM / name
 
-    def write_localization(self, table, in_domain: bool = False) -> Path:
-        return write_text(self.localization(in_domain), table.to_csv(index=False))
+    def write_localization(self, table, in_domain: bool = False, by_group: bool = False) -> Path:
+        return write_text(self.localization(in_domain, by_group), table.to_csv(index=False))
 
     # ------------------------------------------------------------------ chapter 5
     @property

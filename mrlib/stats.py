@@ -164,3 +164,25 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
                   "comparisons are paired by volume (variant - reference)"),
         groups=groups, comparisons=comparisons, roi=roi, notes=notes,
     )
+
+
+def cluster_bootstrap(values: Sequence[float], clusters: Sequence, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n_clusters)``: the mean of ``values`` with a percentile bootstrap
+    interval that resamples whole clusters (volumes) with replacement, so that slices of one
+    volume, which are not independent, move together. Paired differences go in as values."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.asarray(clusters)
+    keep = np.isfinite(v)
+    v, c = v[keep], c[keep]
+    groups = [v[c == k] for k in dict.fromkeys(c.tolist())]
+    if not groups:
+        return float("nan"), float("nan"), float("nan"), 0
+    sums = np.array([g.sum() for g in groups])
+    counts = np.array([len(g) for g in groups])
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(groups), size=(n_boot, len(groups)))
+    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(v.mean()), float(low), float(high), len(groups)

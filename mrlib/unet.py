@@ -196,7 +196,13 @@ def train_run(
 
 def weight_context(rd: RunDir, manifest: dict[str, Any]) -> WeightContext:
     """The boxes and heatmaps of a run directory, for the variants' weights."""
-    return WeightContext(boxes=manifest_boxes(manifest), heatmaps=rd.heatmaps if rd.heatmaps.is_file() else None)
+    heatmaps = {}
+    for source in rd.classifier_sources():
+        seeds = [m["seed"] for m in rd.read_classifier_metrics(source).get("seeds", [])]
+        files = [rd.heatmaps(source, seed) for seed in seeds]
+        if files and all(f.is_file() for f in files):
+            heatmaps[source] = files
+    return WeightContext(boxes=manifest_boxes(manifest), heatmaps=heatmaps)
 
 
 # --------------------------------------------------------------------------- the `train` command

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cam import read_heatmaps
+from .cam import gate_maps, heatmap_info, read_heatmaps
 from .data.annotations import boxes_for
 from .data.boxes import random_boxes
 from .errors import DataError, ParameterError
@@ -54,12 +54,23 @@ class WeightContext:
     """What the run offers a variant to build weights from.
 
     boxes: lesion boxes in image coordinates (:func:`mrlib.data.annotations.read_boxes`)
-    or ``None``; heatmaps: chapter 4's heatmap file or ``None``; seed: the run's seed.
+    or ``None``; heatmaps: chapter 4's heatmap files, ``{roi source: [file of classifier
+    seed 0, 1, ...]}``; seed: the run's seed (U-Net seed s uses classifier seed s mod n, so
+    the ROI source's own variance enters the U-Net's results).
     """
 
     boxes: pd.DataFrame | None = None
-    heatmaps: Path | None = None
+    heatmaps: Mapping[str, Sequence[Path]] | None = None
     seed: int = 0
+
+    def heatmap_file(self, source: str) -> Path:
+        """The heatmap file of ``source`` for this run's seed."""
+        files = (self.heatmaps or {}).get(source)
+        if not files:
+            have = ", ".join(self.heatmaps or {}) or "none"
+            raise DataError("heatmaps", f"no chapter-4 heatmaps of roi_source {source!r} (this run has: {have}); "
+                                        "train its classifier in chapter 3 (roi_sources) and run chapter 4")
+        return Path(files[self.seed % len(files)])
 
 
 #: name -> variant class, in the order they were defined.
@@ -133,19 +144,22 @@ class Unweighted(LossVariant):
 class GradCAM(LossVariant):
     name = "gradcam"
     description = "MSE up-weighted by the classifier's heatmaps (chapter 4): the report's method"
-    params = {"alpha": 4.0, "weight_rule": "linear", "threshold": 0.5, "cam_method": "gradcam"}
+    params = {"alpha": 4.0, "weight_rule": "linear", "threshold": 0.5, "cam_method": "gradcam",
+              "roi_source": "fastmri", "gate": False}
 
     def weights(self, bank, context):
-        if context.heatmaps is None:
-            raise DataError("heatmaps", "the gradcam variant needs the heatmaps of notebook 04_gradcam")
         v = self.values
+        path = context.heatmap_file(v["roi_source"])
+        tau = heatmap_info(path)["tau"] if v["gate"] else float("nan")
+        if v["gate"] and not np.isfinite(tau):
+            raise DataError(path, "holds no gate threshold tau: gate=True needs a per-slice (fastmri) ROI source")
         weights = np.ones((len(bank), *bank.crop), dtype=np.float32)
         cache: dict[str, np.ndarray] = {}
         for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
             if stem not in cache:
-                cache[stem] = read_heatmaps(context.heatmaps, v["cam_method"], stem, shape=bank.crop)[0]
+                cache[stem] = gate_maps(*read_heatmaps(path, v["cam_method"], stem, shape=bank.crop), tau)
             if s >= cache[stem].shape[0]:
-                raise DataError(context.heatmaps, f"has {cache[stem].shape[0]} slices of {stem}; slice {s} is needed")
+                raise DataError(path, f"has {cache[stem].shape[0]} slices of {stem}; slice {s} is needed")
             weights[i] = weight_map(cache[stem][s], rule=v["weight_rule"], alpha=v["alpha"], threshold=v["threshold"])
         return torch.from_numpy(weights)
 

@@ -101,8 +101,8 @@ def test_every_slice_gets_its_own_map_and_score(lesion_model):
     """MRNet's max over slices would give one map; per-slice scoring gives each slice its own."""
     rng = np.random.default_rng(1)
     x, _, boxes = _square_exams(rng, 1, n_slices=5, labels=1)
-    layer = lesion_model.features[11]
-    maps, scores = cam.slice_cams(lesion_model, x, "gradcam", batch_size=2)  # 3 batches
+    layer = lesion_model.features[11]  # the layer the fixture trained
+    maps, scores = cam.slice_cams(lesion_model, x, "gradcam", target_layer=layer, batch_size=2)  # 3 batches
     assert maps.shape == (5, 224, 224) and maps.dtype == np.float32
     assert scores.shape == (5,) and scores.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
@@ -122,7 +122,7 @@ def test_every_slice_gets_its_own_map_and_score(lesion_model):
 def test_gradcam_points_at_the_lesion(lesion_model):
     rng = np.random.default_rng(2)
     x, y, boxes = _square_exams(rng, 6)
-    maps, scores = cam.slice_cams(lesion_model, x, "gradcam")
+    maps, scores = cam.slice_cams(lesion_model, x, "gradcam", target_layer=lesion_model.features[11])
     # the classifier learned the task (ranking; 30 steps leave its calibration rough) ...
     assert roc_auc(y.numpy(), scores) >= 0.95
     # ... and its map's peak falls in the square on most positive slices
@@ -146,7 +146,7 @@ def test_all_methods_run(lesion_model, method):
     assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6 and maps.max() > 0
     assert scores.shape == (2,)
     # the reference: pytorch-grad-cam's own class for this method, run directly
-    with GRAD_CAM_CLASSES[method](model=_SliceLogits(lesion_model), target_layers=[lesion_model.features[11]]) as c:
+    with GRAD_CAM_CLASSES[method](model=_SliceLogits(lesion_model), target_layers=[cam.default_target_layer(lesion_model)]) as c:
         ref = c(input_tensor=x, targets=[ClassifierOutputTarget(0)] * 2)
     lesion_model.zero_grad(set_to_none=True)
     np.testing.assert_allclose(maps, ref, atol=1e-5)
@@ -190,7 +190,7 @@ def synth_targets(tmp_path_factory):
 def heatmap_file(synth_targets, tmp_path_factory):
     torch.manual_seed(0)
     model = MRNet().eval()
-    out = RunDir(tmp_path_factory.mktemp("run")).heatmaps
+    out = RunDir(tmp_path_factory.mktemp("run")).heatmaps("kneemri")
     path = cam.compute_heatmaps(model, synth_targets[1], ["gradcam", "layercam"], out, progress=False)
     return model, path
 
@@ -203,7 +203,7 @@ def test_compute_and_read_round_trip(synth_targets, heatmap_file):
     info = cam.heatmap_info(path)
     assert info["methods"] == ["gradcam", "layercam"]
     assert info["files"] == sorted(stem for stem, _ in volumes)
-    assert info["target_layer"] == "features.11" and info["flip_ud"] is False
+    assert info["target_layer"] == cam.DEFAULT_TARGET_LAYER and info["flip_ud"] is False
     for stem, target in volumes:
         with torch.no_grad():
             expected = model.slice_logits(prepare_exam(target))[:, 0].numpy()
@@ -278,8 +278,14 @@ def test_flip_ud_maps_land_on_the_source_pixels(lesion_model, tmp_path):
         assert bool(f.attrs["flip_ud"]) is True
 
 
-def test_localization_table_on_the_heatmap_file(synth_targets, heatmap_file):
-    from mrlib.cam import localization_table
+def _split_files(boxes, info):
+    files = sorted(set(boxes.file) & set(info["files"]))
+    if len(files) < 2:
+        pytest.skip("the fixture has one annotated file")
+    return files[:1], files[1:]
+
+
+def test_localization_records_by_hand(synth_targets, heatmap_file):
     from mrlib.data.annotations import boxes_for, read_boxes
     from mrlib.metrics import box_iou, energy_in_boxes, pointing_game
 
@@ -287,30 +293,31 @@ def test_localization_table_on_the_heatmap_file(synth_targets, heatmap_file):
     _, path = heatmap_file
     boxes = read_boxes(root / "annotations" / "knee.csv", image_height=64)
     assert len(boxes), "the synthetic data should carry lesion boxes"
-    table = localization_table(path, boxes, ["gradcam", "layercam"])
-    assert list(table.columns) == ["method", "layer", "grid", "split", "n_slices", "pointing_game", "energy_in_box", "iou"]
-    assert set(table.layer) == {"features.11"} and set(table.grid) == {"x".join(map(str, cam.heatmap_info(path)["grid"]))}
-    assert list(table["method"]) == ["gradcam", "layercam"]
-    n_annotated = len(boxes.drop_duplicates(["file", "slice"]))
+    info = cam.heatmap_info(path)
+    scored, prior = _split_files(boxes, info)
+    records = cam.slice_records(path, boxes, ["gradcam", "layercam"], scored, prior)
+    table = cam.summarize_records(records, info, "evaluation")
+    assert list(table.columns) == list(cam.TABLE_COLUMNS)
+    assert set(table.layer) == {cam.DEFAULT_TARGET_LAYER} and set(table.grid) == {"x".join(map(str, info["grid"]))}
+    n_annotated = len(boxes[boxes.file.isin(scored)].drop_duplicates(["file", "slice"]))
     assert (table["n_slices"] == n_annotated).all()
-    for col in ("pointing_game", "energy_in_box", "iou"):
-        assert table[col].between(0, 1).all()
-    # each row by hand: every annotated slice's map against the union of its boxes
-    for method, row in zip(["gradcam", "layercam"], table.itertuples(index=False)):
+    # each CAM row by hand: every annotated slice's map against the union of its boxes
+    for method in ("gradcam", "layercam"):
+        row = table.set_index("method").loc[method]
         hits, energy, iou = [], [], []
-        for stem, s in sorted(set(zip(boxes["file"], boxes["slice"]))):
+        for stem, s in sorted(set(zip(boxes.loc[boxes.file.isin(scored), "file"], boxes.loc[boxes.file.isin(scored), "slice"]))):
             m = cam.read_heatmaps(path, method, stem)[0][int(s)]
             b = boxes_for(boxes, stem, int(s))
             hits.append(pointing_game(m, b))
             energy.append(energy_in_boxes(m, b))
             iou.append(box_iou(m, b, 0.5))
-        assert row.n_slices == len(hits)
         assert row.pointing_game == pytest.approx(np.mean(hits))
         assert row.energy_in_box == pytest.approx(np.mean(energy))
         assert row.iou == pytest.approx(np.mean(iou))
-    other = boxes.assign(file="file9999999")
     with pytest.raises(DataError, match="none of the"):
-        localization_table(path, other, ["gradcam"])
+        cam.slice_records(path, boxes.assign(file="file9999999"), ["gradcam"], scored, prior)
+    with pytest.raises(ParameterError, match="overlap"):
+        cam.slice_records(path, boxes, ["gradcam"], scored, scored)
 
 
 def test_baselines_are_scored_on_the_same_slices(synth_targets, heatmap_file):
@@ -322,12 +329,10 @@ def test_baselines_are_scored_on_the_same_slices(synth_targets, heatmap_file):
     _, path = heatmap_file
     boxes = read_boxes(root / "annotations" / "knee.csv", image_height=64)
     info = cam.heatmap_info(path)
-    files = sorted(set(boxes.file) & set(info["files"]))
-    scored, prior = files[:1], files[1:]
-    if not prior:
-        pytest.skip("the fixture has one annotated file")
-    table = cam.baseline_table(path, boxes, ["gradcam"], scored, prior, split="evaluation")
-    assert list(table.method) == ["uniform", "box prior", "map prior (gradcam)", f"ideal at {info['grid'][0]}x{info['grid'][1]}"]
+    scored, prior = _split_files(boxes, info)
+    table = cam.summarize_records(cam.slice_records(path, boxes, ["gradcam"], scored, prior), info, "evaluation")
+    assert list(table.method) == ["gradcam", "uniform", "box prior", "map prior (gradcam)",
+                                  f"ideal at {info['grid'][0]}x{info['grid'][1]}"]
     n = len(boxes[boxes.file.isin(scored)].drop_duplicates(["file", "slice"]))
     assert (table.n_slices == n).all()
     # the box prior is the mean of the prior files' box masks, scored on the scored slices
@@ -341,3 +346,51 @@ def test_baselines_are_scored_on_the_same_slices(synth_targets, heatmap_file):
     ideal = table[table.method.str.startswith("ideal")].iloc[0]
     uniform = table[table.method == "uniform"].iloc[0]
     assert ideal.energy_in_box > 2 * uniform.energy_in_box  # the grid's ceiling is far above no information
+
+
+def test_twin_shift_is_the_lesion_maps_energy_minus_the_twins(synth_targets, tmp_path):
+    """Twin maps equal to the lesion maps shift nothing; other twin maps shift by the difference."""
+    from mrlib.data.annotations import boxes_for, read_boxes
+    from mrlib.metrics import energy_in_boxes
+
+    root, volumes = synth_targets
+    torch.manual_seed(0)
+    model = MRNet().eval()
+    path = cam.compute_heatmaps(model, volumes, ["gradcam"], tmp_path / "maps.h5", progress=False)
+    boxes = read_boxes(root / "annotations" / "knee.csv", image_height=64)
+    info = cam.heatmap_info(path)
+    scored, prior = _split_files(boxes, info)
+    same = cam.compute_heatmaps(model, [v for v in volumes if v[0] in scored], ["gradcam"], tmp_path / "twin.h5",
+                                progress=False)
+    records = cam.slice_records(path, boxes, ["gradcam"], scored, prior, twin_path=same)
+    shift = records[records.method == "twin shift (gradcam)"]
+    assert len(shift) == (records.method == "gradcam").sum() > 0
+    np.testing.assert_allclose(shift.energy_in_box, 0.0, atol=1e-6)
+    flat = cam.compute_heatmaps(model, [(s, np.zeros_like(v)) for s, v in volumes if s in scored], ["gradcam"],
+                                tmp_path / "flat.h5", progress=False)
+    records = cam.slice_records(path, boxes, ["gradcam"], scored, prior, twin_path=flat)
+    lesion = records[records.method == "gradcam"]
+    shift = records[records.method == "twin shift (gradcam)"].energy_in_box.to_numpy()
+    by_hand = [energy_in_boxes(cam.read_heatmaps(flat, "gradcam", r.file)[0][r.slice], boxes_for(boxes, r.file, r.slice))
+               for r in lesion.itertuples()]
+    np.testing.assert_allclose(shift, lesion.energy_in_box.to_numpy() - np.array(by_hand), atol=1e-6)
+    d = cam.paired_difference(records, "twin shift (gradcam)", None)
+    assert d["difference"] == pytest.approx(shift.mean()) and d["low"] <= d["difference"] <= d["high"]
+
+
+def test_gating_zeroes_the_map_of_a_slice_below_tau():
+    maps = np.ones((3, 4, 4), np.float32)
+    scores = np.array([-2.0, 0.0, 2.0])  # probabilities 0.12, 0.5, 0.88
+    gated = cam.gate_maps(maps, scores, tau=0.5)
+    assert gated[0].max() == 0 and (gated[1:] == 1).all()
+    assert (cam.gate_maps(maps, scores, float("nan")) == maps).all()  # no tau: no gate
+    assert maps.min() == 1  # a new array
+
+
+def test_cluster_bootstrap_resamples_volumes():
+    from mrlib.stats import cluster_bootstrap
+
+    values = [1.0, 1.0, 1.0, 3.0]  # three slices of one volume, one of another
+    mean, low, high, n = cluster_bootstrap(values, ["a", "a", "a", "b"], n_boot=500)
+    assert n == 2 and mean == pytest.approx(1.5)
+    assert low == pytest.approx(1.0) and high == pytest.approx(3.0)  # a resample of only a or only b

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 
+import pandas as pd
 import pytest
 
 from mrlib import pipeline
@@ -38,9 +39,15 @@ def test_every_chapter_wrote_its_results(smoke_run):
     assert stored["data_dir"] == RunDir.DATA and stored["splits"]["train"]["dir"] == "fastmri/singlecoil_train"
     assert rd.read_mask_spec().accelerations == (4, 8)
     assert not list(rd.root.rglob("*.part")), "a temporary file was left behind"
-    assert {"auc", "auc_ci", "n_test"} <= set(rd.read_classifier_metrics())
-    assert rd.localization().read_text().splitlines()[0] == "method,layer,grid,split,n_slices,pointing_game,energy_in_box,iou"
-    assert rd.heatmaps.is_file()
+    for source in ("kneemri", "fastmri"):  # the contract of RUN/mrnet/<source>/metrics.json
+        metrics = rd.read_classifier_metrics(source)
+        assert {"auc", "auc_ci", "auc_ci_method", "baseline_auc", "baseline_auc_ci", "n", "n_positive", "seeds"} <= set(metrics)
+        assert rd.heatmaps(source, 0).is_file()
+    assert "slice_auc" in rd.read_classifier_metrics("fastmri")
+    assert rd.localization().read_text().splitlines()[0] == \
+        "source,seed,method,layer,grid,split,n_slices,pointing_game,energy_in_box,iou"
+    groups = pd.read_csv(rd.localization(by_group=True))
+    assert {"lesion kind", "acquisition"} == set(groups.group) and (groups.n_slices > 0).all()
     assert [r["variant"] for r in rd.read_registry()] == ["unweighted", "gradcam", "oracle", "random", "l1"]
     df, summary = rd.read_evaluation()
     assert list(df.columns) == ["variant", "acceleration", "seed", "volume", "nmse", "psnr", "ssim",

@@ -261,7 +261,7 @@ def test_killed_cli_run_restarts_and_finishes_like_an_uninterrupted_run(tmp_path
     rd = RunDir(run_dir)
     proc = cli(*shrunk_run_args(run_dir), background=True)
     deadline = time.monotonic() + 600
-    while _epochs(rd.classifier.history) < 1:  # MRNet has finished epoch 1 of 2
+    while _epochs(rd.classifier("kneemri").history) < 1:  # MRNet has finished epoch 1 of 2
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "MRNet never wrote its first epoch"
         time.sleep(0.1)
@@ -275,12 +275,12 @@ def test_killed_cli_run_restarts_and_finishes_like_an_uninterrupted_run(tmp_path
     assert proc.returncode == -signal.SIGKILL
     stamp = rd.read_stamp()
     assert "03_mrnet" not in stamp["finished"] and "01_data" in stamp["finished"]
-    assert not rd.classifier_metrics.exists()
+    assert not rd.classifier_metrics("kneemri").exists()
 
     again = cli(*shrunk_run_args(run_dir))
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
     assert sorted(rd.read_stamp()["finished"]) == sorted(NOTEBOOKS)
-    assert _epochs(rd.classifier.history) == 2
+    assert _epochs(rd.classifier("kneemri").history) == 2
     assert compare_runs(reference, run_dir) == []
     # and the comparison sees a difference where there is one
     assert compare_runs(reference, run_dir, ignore=()) != []

@@ -33,14 +33,14 @@ PY = sys.executable
 
 def _run(d: Path, auc=0.75, psnr="31.25", seconds="0.5", extra=None) -> Path:
     rd = RunDir(d)
-    rd.classifier_metrics.parent.mkdir(parents=True)
+    rd.classifier_metrics("kneemri").parent.mkdir(parents=True)
     rd.metrics_csv.parent.mkdir()
     # the stamp differs between two run directories, and is not a result
     rd.stamp.write_text(json.dumps({"preset": "smoke", "parameters": {"run_dir": str(d), "seed": 0}}))
     metrics = {"auc": auc, "auc_ci": [0.5, 1.0], "sensitivity": float("nan"), "seconds_per_volume": float(seconds),
-               "checkpoint": str(rd.classifier.best)}  # an absolute path inside the run: compared as <run>/...
+               "checkpoint": str(rd.classifier("kneemri").best)}  # an absolute path inside the run: compared as <run>/...
     metrics.update(extra or {})
-    rd.classifier_metrics.write_text(json.dumps(metrics))
+    rd.classifier_metrics("kneemri").write_text(json.dumps(metrics))
     rd.metrics_csv.write_text(
         "variant,acceleration,psnr,seconds\n" f"unweighted,4,{psnr},{seconds}\n" "gradcam,4,30.0,0.25\n"
     )

@@ -114,8 +114,8 @@ def test_oracle_weights_the_true_boxes_and_random_the_same_area_elsewhere():
 
 
 def test_exam_sources_are_a_registry():
-    assert set(classifier.SOURCES) == {"kneemri", "mrnet"}
-    with pytest.raises(ParameterError, match="unknown classifier data 'nope'; use one of kneemri, mrnet"):
+    assert set(classifier.SOURCES) == {"kneemri", "mrnet", "fastmri"}
+    with pytest.raises(ParameterError, match="unknown classifier data 'nope'; use one of kneemri, mrnet, fastmri"):
         classifier.load_exams({}, source="nope")
     with pytest.raises(ParameterError, match="tasks acl, acl_complete, not 'meniscus'"):
         classifier.KneeMRISource().check_task("meniscus")

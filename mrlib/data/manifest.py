@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 from ..errors import DataError, ParameterError
 from .annotations import KNEE_LABELS, annotation_counts, canonical_label, read_boxes, read_file_list
 from .check import check_data_dir
-from .fastmri_h5 import find_splits, validate_h5
+from .fastmri_h5 import find_splits, read_volume, validate_h5
+from .twins import find_twins, lesion_contrast, read_twin
 from .splits import (ROLES, SELECTION_FRACTION, SPLIT_OF_ROLE, TARGET_ROLES, FileEntry, assign_roles,
                      role_summary)
 
@@ -174,6 +175,29 @@ def manifest_boxes(manifest: Mapping[str, Any]):
               for split in manifest["splits"].values() for f in split["files"]}
     return read_boxes(manifest["annotations"], image_height=manifest["image_size"][0], image_shape=shapes,
                       files=set(shapes), lesion_labels=manifest.get("lesion_labels") or None)
+
+
+def twin_files(manifest: Mapping[str, Any]) -> dict[str, Path]:
+    """``{file stem: twin path}`` of every volume with a lesion-free twin (synthetic data
+    only; empty for real data, :mod:`mrlib.data.twins`)."""
+    out: dict[str, Path] = {}
+    for split in manifest["splits"].values():
+        out.update(find_twins(manifest["data_dir"], split["dir"]))
+    return out
+
+
+def lesion_contrasts(manifest: Mapping[str, Any]):
+    """:func:`mrlib.data.twins.lesion_contrast` of every lesion with a twin, with its file and
+    acquisition: a ``pandas.DataFrame`` (empty for real data)."""
+    import pandas as pd  # lazy: the manifest itself needs no pandas
+
+    acquisitions = {Path(f["name"]).stem: f["acquisition"] for s in manifest["splits"].values() for f in s["files"]}
+    index = file_index(manifest)
+    rows = []
+    for stem, path in sorted(twin_files(manifest).items()):
+        target = read_volume(index[stem])[1]
+        rows += [dict(file=stem, acquisition=acquisitions.get(stem, ""), **r) for r in lesion_contrast(target, read_twin(path))]
+    return pd.DataFrame(rows, columns=["file", "acquisition", "label", "contrast", "cnr", "rose", "pixels"])
 
 
 def file_index(manifest: dict[str, Any]) -> dict[str, Path]:

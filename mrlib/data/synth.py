@@ -37,7 +37,7 @@ from fastmri.data.transforms import complex_center_crop, tensor_to_complex_np, t
 from ..artifacts import write_json
 from ..errors import ParameterError
 from ..runtime import progress_bar
-from . import writers
+from . import twins, writers
 from .annotations import flip_y
 
 __all__ = [
@@ -88,7 +88,16 @@ class SynthConfig:
         kneemri_exams: kneeMRI exams (sagittal volumes).
         kneemri_slices, kneemri_size: kneeMRI volume shape (slices, size, size).
         n_coils: receive coils of the multi-coil data.
-        noise: complex Gaussian k-space noise, relative to the image's maximum.
+        noise: complex Gaussian k-space noise, relative to the image's maximum; each
+            subject's noise is this times a log-normal factor (sd 0.25), 1.3 times higher
+            in PDFS, whose fat suppression costs signal.
+        slice_thickness_mm: spacing of the coronal slices (contiguous, no gap, as fastMRI's
+            knee protocol); the stack is centred on the knee.
+        lesion_free_fraction: share of fastMRI subjects drawn without a lesion (the
+            negatives of an in-domain classifier).
+        lesion_contrast: ``(low, high)``: each lesion changes the tissue by a fraction drawn
+            uniformly from this range of its full signal change (1 = fluid-bright tear).
+        kneemri_contrast: the same for the kneeMRI cohort's ACL tears and edema.
     """
 
     image_size: int = 128
@@ -101,6 +110,10 @@ class SynthConfig:
     kneemri_size: int = 128
     n_coils: int = 8
     noise: float = 0.015
+    slice_thickness_mm: float = 6.8
+    lesion_free_fraction: float = 0.3
+    lesion_contrast: tuple = (0.4, 0.9)
+    kneemri_contrast: tuple = (0.1, 0.3)
 
     def __post_init__(self) -> None:
         minimum = dict(image_size=32, n_slices=1, n_train=0, n_val=0, n_test=0,
@@ -118,20 +131,37 @@ class SynthConfig:
                 or not (0.0 <= float(self.noise) < 1.0) or math.isnan(float(self.noise)):
             raise ParameterError("noise", f"must be a number in [0, 1), got {self.noise!r}")
         self.noise = float(self.noise)
+        for name, low, high in (("slice_thickness_mm", 0.5, 20.0), ("lesion_free_fraction", 0.0, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+                raise ParameterError(name, f"must be a number in [{low}, {high}], got {value!r}")
+            setattr(self, name, float(value))
+        for name in ("lesion_contrast", "kneemri_contrast"):
+            lc = getattr(self, name)
+            if not (isinstance(lc, (list, tuple)) and len(lc) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lc)
+                    and 0.0 < float(lc[0]) <= float(lc[1]) <= 1.0):
+                raise ParameterError(name, f"must be (low, high) with 0 < low <= high <= 1, got {lc!r}")
+            setattr(self, name, (float(lc[0]), float(lc[1])))
 
 
 class Lesion(NamedTuple):
-    """A lesion: its fastMRI+ label and boolean mask (slices, N, N) in target geometry."""
+    """A lesion: its fastMRI+ label, boolean mask (slices, N, N) in target geometry, and the
+    fraction of its full signal change it was painted with."""
 
     label: str
     mask: np.ndarray
+    contrast: float = 1.0
 
 
 class SynthVolume(NamedTuple):
     """One fastMRI volume, ready for :func:`writers.write_fastmri_h5`.
 
     kspace: complex64 (slices, 2N, PE) or (slices, coils, 2N, PE);
-    target: float32 (slices, N, N) (``reconstruction_esc`` or ``reconstruction_rss``).
+    target: float32 (slices, N, N) (``reconstruction_esc`` or ``reconstruction_rss``);
+    twin: float32 (slices, N, N), the same subject, noise and all, without its lesions
+    (``None`` unless asked for); noise_sigma: the image noise's standard deviation (per
+    real component, in the target's units).
     """
 
     kspace: np.ndarray
@@ -140,6 +170,8 @@ class SynthVolume(NamedTuple):
     lesions: list[Lesion]
     header: bytes
     attrs: dict
+    twin: np.ndarray | None = None
+    noise_sigma: float = 0.0
 
 
 def kspace_shape(image_size: int) -> tuple[int, int]:
@@ -398,6 +430,8 @@ class LesionKind:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     probability: ClassVar[float] = 0.0
+    #: the smallest mask a slice keeps, as a fraction of N x N (thin tears are small)
+    min_area: ClassVar[float] = MIN_AREA
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -417,7 +451,11 @@ class LesionKind:
 
 
 class MeniscalTear(LesionKind):
+    """A thin linear cleft of fluid signal through the meniscus (horizontal or vertical),
+    the meniscus around it untouched: on a slice, a bright line a pixel or two wide."""
+
     name, label, probability = "meniscus", "Meniscus Tear", 0.4
+    min_area = 0.0004
 
     def place(self, k, rng, z0):
         L, M = k["L"], k["M"]
@@ -436,17 +474,16 @@ class MeniscalTear(LesionKind):
         tilt = rng.uniform(-0.6, 0.6)
         normal = np.array([side * tilt, 1.0, 0.0]) if rng.random() < 0.6 else np.array([1.0, side * 0.8, 0.0])
         normal /= np.linalg.norm(normal)
-        return _Spec(self.name, (xc, yc, z0), (7.0, 5.5, 7.0), dict(normal=tuple(normal), thick=1.3))
+        return _Spec(self.name, (xc, yc, z0), (7.0, 5.5, 7.0),
+                     dict(normal=tuple(normal), thick=float(rng.uniform(1.2, 1.8))))
 
     def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
-        region = _soft(sdf["men"] - 1.6, edge)
+        region = _soft(sdf["men"] - 0.3, edge)
         n = spec.extra["normal"]
         c = spec.centre
         plane = np.abs((x - c[0]) * n[0] + (y - c[1]) * n[1] + (z - c[2]) * n[2])
         cleft = _soft(plane - spec.extra["thick"] / 2, edge)
-        outside = 1.0 - _soft(sdf["men"], edge)
-        value = s["degenerate"] + (s["fluid"] - s["degenerate"]) * np.maximum(cleft, 0.8 * outside)
-        return e_soft * region, value
+        return e_soft * region * cleft, np.full_like(x, s["fluid"])
 
 
 class ACLTear(LesionKind):
@@ -696,7 +733,7 @@ def _fft2c(image: np.ndarray) -> np.ndarray:
 
 def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: bool = False,
                         render_lesions: bool = True, patient_id: str | None = None,
-                        pe: int | None = None) -> SynthVolume:
+                        pe: int | None = None, twin: bool = False) -> SynthVolume:
     """One coronal fastMRI volume with 0-3 lesions, deterministic given ``rng``.
 
     The arrays are stored upside down (inferior at the top), as the real fastMRI knee
@@ -705,6 +742,8 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     masks but leaves the lesions out of the image (a lesion-free twin, for tests and
     figures). ``pe``: the k-space width (default :func:`kspace_shape`'s); real files of one
     split differ in it, with the same pixel size and so a different phase-encode field of view.
+    ``twin=True`` also returns the lesion-free twin's target (same subject, bias, phase,
+    coils and noise), whose difference from the target is the lesions alone.
     """
     n = cfg.image_size
     rows, pe_default = kspace_shape(n)
@@ -714,13 +753,15 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     pix = FOV_MM / n
     acquisition = ACQUISITIONS[int(rng.integers(2))]
     subj = _draw_subject(rng, "PDFS" if acquisition == "CORPDFS_FBK" else "PD")
-    z_lo, z_hi = SLICE_SPAN_MM
-    zs = z_lo + (np.arange(cfg.n_slices) + 0.5) * (z_hi - z_lo) / cfg.n_slices + rng.normal(0, 1.0)
+    centre = 0.5 * sum(SLICE_SPAN_MM)
+    zs = centre + (np.arange(cfg.n_slices) - (cfg.n_slices - 1) / 2) * cfg.slice_thickness_mm + rng.normal(0, 1.0)
     drawn_id = "".join(rng.choice(list("0123456789abcdef"), 32))  # drawn always: the subject does not depend on it
     patient_id = drawn_id if patient_id is None else patient_id
 
-    # lesions: kinds (distinct), each placed to cross a chosen slice
-    n_les = int(rng.choice(4, p=[0.2, 0.35, 0.3, 0.15]))
+    # lesions: none for a share of subjects, else 1-3 kinds (distinct), each placed to cross a chosen slice
+    lesion_free = rng.random() < cfg.lesion_free_fraction
+    noise_factor = float(np.exp(rng.normal(0.0, 0.25))) * (1.3 if subj.contrast == "PDFS" else 1.0)
+    n_les = 0 if lesion_free else 1 + int(rng.choice(3, p=[0.3, 0.4, 0.3]))
     kinds = list(rng.choice(list(LESION_KINDS), size=n_les, replace=False,
                             p=[kind.probability for kind in LESION_KINDS.values()]))
     specs = []
@@ -738,45 +779,56 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     img = np.ascontiguousarray(img[:, ::-1])
     fields = [(np.ascontiguousarray(w[:, ::-1]), np.ascontiguousarray(v[:, ::-1])) for w, v in fields]
     crop_r, crop_c = _centre_crop_slices(rows, n), _centre_crop_slices(pe, n)
+    contrasts = rng.uniform(*cfg.lesion_contrast, size=len(specs))
     lesions = []
-    for spec, (w, v) in zip(specs, fields):
+    clean = img.copy() if twin else None
+    for spec, (w, v), c in zip(specs, fields, contrasts):
         mask = w[:, crop_r, crop_c] > 0.5
         area = mask.mean(axis=(1, 2))
-        keep = (area >= MIN_AREA) & (area <= MAX_AREA)
+        keep = (area >= LESION_KINDS[spec.kind].min_area) & (area <= MAX_AREA)
         if not keep.any() or (area > MAX_AREA).any():
             continue
         w[~keep] = 0.0
         mask[~keep] = False
         if render_lesions:
-            img += w * (v - img)
-        lesions.append(Lesion(LABELS[spec.kind], mask))
+            img += float(c) * w * (v - img)
+        lesions.append(Lesion(LABELS[spec.kind], mask, float(c)))
 
     u, v, w_ = _grid("coronal", len(zs), rows, pe, pix, zs)
     u, v = np.asarray(u), np.asarray(v)
-    obj = img * _bias_field(rng, u, v) if not multicoil else img
-    obj = obj * (float(rng.uniform(0.7, 1.3)) * 2e-4)  # fastMRI-like magnitude scale
-    phase = _smooth_phase(rng, u, v, np.asarray(w_))
-    cimg = obj * np.exp(1j * phase).astype(np.complex64)
+    gain = _bias_field(rng, u, v) if not multicoil else np.float32(1.0)
+    gain = gain * (float(rng.uniform(0.7, 1.3)) * 2e-4)  # fastMRI-like magnitude scale
+    carrier = np.exp(1j * _smooth_phase(rng, u, v, np.asarray(w_))).astype(np.complex64)
     if multicoil:
-        cimg = cimg[:, None] * _coil_maps(rng, cfg.n_coils, u, v, np.asarray(w_)).transpose(1, 0, 2, 3)
-    kspace = _fft2c(cimg.astype(np.complex64))
-    sigma = cfg.noise * float(np.abs(cimg).max()) / math.sqrt(2.0)
-    noise = rng.standard_normal(kspace.shape + (2,), dtype=np.float32) * sigma
-    kspace += (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
+        carrier = carrier[:, None] * _coil_maps(rng, cfg.n_coils, u, v, np.asarray(w_)).transpose(1, 0, 2, 3)
+        gain = np.expand_dims(gain, 1) if np.ndim(gain) else gain
+    cimg = (img * gain) * carrier
+    sigma = cfg.noise * noise_factor * float(np.abs(cimg).max()) / math.sqrt(2.0)
+    noise = rng.standard_normal(cimg.shape + (2,), dtype=np.float32) * sigma
+    noise = (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
     pad = padding_columns(pe)
-    kspace[..., :pad] = 0
-    kspace[..., pe - pad:] = 0
-    kspace = np.ascontiguousarray(kspace, dtype=np.complex64)
+
+    def acquire(image):
+        kspace = _fft2c(image.astype(np.complex64)) + noise
+        kspace[..., :pad] = 0
+        kspace[..., pe - pad:] = 0
+        return np.ascontiguousarray(kspace, dtype=np.complex64)
+
+    kspace = acquire(cimg)
     target = _ifft_crop(kspace, n)
+    twin_target = _ifft_crop(acquire((clean * gain) * carrier), n) if twin else None
 
     header = writers.ismrmrd_header(
         encoded=(rows, pe, 1), recon=(n, n, 1), fov_mm=FOV_MM,
-        slice_thickness_mm=(z_hi - z_lo) / cfg.n_slices, pe_limits=(0, pe - 2 * pad - 1, pe // 2 - pad),
+        slice_thickness_mm=cfg.slice_thickness_mm, pe_limits=(0, pe - 2 * pad - 1, pe // 2 - pad),
         n_slices=cfg.n_slices, protocol=acquisition, n_coils=cfg.n_coils,
         field_strength=float(rng.choice([1.5, 2.89362])))
     attrs = dict(acquisition=acquisition, max=float(target.max()),
                  norm=float(np.linalg.norm(target)), patient_id=patient_id)
-    return SynthVolume(kspace, target, acquisition, lesions, header, attrs)
+    # the noise of one real component of the image: the orthonormal FFT keeps sigma, the
+    # zeroed padding columns remove their share of it
+    noise_sigma = sigma * math.sqrt((pe - 2 * pad) / pe)
+    return SynthVolume(kspace, target, acquisition, lesions, header, attrs, twin_target, noise_sigma)
 
 
 # ------------------------------------------------------------------------- kneeMRI
@@ -795,7 +847,7 @@ def make_kneemri_exam(cfg: SynthConfig, rng: np.random.Generator,
     subj = _draw_subject(rng, "PDFS")
     subj = subj._replace(shift=(subj.shift[0] * 0.5, subj.shift[1], subj.shift[2] * 2.0))
     k = subj.knee
-    k["effusion"] += (0.0, 0.8, 1.6)[diag]  # a torn ACL bleeds into the joint
+    k["effusion"] += (0.0, 0.2, 0.4)[diag]  # a torn ACL bleeds into the joint (a little more fluid)
     acl_x = 0.5 * (k["acl"][0][0] + k["acl"][1][0])
     xs = acl_x + (np.arange(ns) - (ns - 1) / 2) * (SAGITTAL_SPAN_MM / ns) + rng.normal(0, 1.0)
     if knee_lr == 1:  # right knee: slices run the other way
@@ -816,11 +868,11 @@ def make_kneemri_exam(cfg: SynthConfig, rng: np.random.Generator,
                 specs.append(spec)
                 break
     img, fields = _render(subj, "sagittal", xs_world, n, n, pix, rng, specs)
-    for w, v in fields:
-        img += w * (v - img)
+    for (w, v), c in zip(fields, rng.uniform(*cfg.kneemri_contrast, size=len(fields))):
+        img += float(c) * w * (v - img)
     _, v_, w_ = _grid("sagittal", ns, n, n, pix, xs_world)
     img *= _bias_field(rng, np.asarray(w_), np.asarray(v_))
-    sigma = cfg.noise * float(img.max())
+    sigma = cfg.noise * float(np.exp(rng.normal(0.0, 0.25))) * 1.3 * float(img.max())  # PDFS
     noise = rng.standard_normal(img.shape + (2,), dtype=np.float32) * sigma
     mag = np.sqrt((img + noise[..., 0]) ** 2 + noise[..., 1] ** 2)
     scale = rng.uniform(2600, 3800) / max(float(np.percentile(mag, 99.9)), 1e-12)
@@ -916,7 +968,9 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     """Write both synthetic cohorts in their real formats under ``out_dir``.
 
     Layout: ``fastmri/{singlecoil|multicoil}_{train,val,test}/file*.h5``,
-    ``annotations/knee.csv``, ``kneemri/*.pck`` + ``kneemri/metadata.csv``, ``synth.json``.
+    ``annotations/knee.csv``, ``kneemri/*.pck`` + ``kneemri/metadata.csv``, ``synth.json``,
+    and the lesion-free twin of every train and val volume with a lesion
+    (``synth_twins/``, :mod:`mrlib.data.twins`).
     The fastMRI arrays are stored upside down, as the real ones (``display_flip_ud``).
 
     ``layout="real"`` writes the cohort exactly as the real downloads are laid out: k-space
@@ -956,7 +1010,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
                 pe = _real_width(cfg, split_id + i) if real else None
                 repeat = real and split == "train" and i == counts[split] - 1 and i > 0
                 vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil, pe=pe,
-                                          patient_id=first_patient if repeat else None)
+                                          patient_id=first_patient if repeat else None, twin=split != "test")
                 if split == "train" and i == 0:
                     first_patient = vol.attrs["patient_id"]
                 path = out / "fastmri" / f"{challenge}_{split}" / f"{fname}.h5"
@@ -966,6 +1020,10 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
                 else:
                     writers.write_fastmri_h5(path, vol.kspace, vol.target, vol.attrs, vol.header, multicoil)
                     box_rows += boxes_from_masks(fname, vol.lesions, cfg.image_size)
+                    if vol.lesions and vol.twin is not None:
+                        twins.write_twin(twins.twin_dir(out, f"{challenge}_{split}") / f"{fname}.h5", vol.twin,
+                                         [les.mask for les in vol.lesions], [les.label for les in vol.lesions],
+                                         [les.contrast for les in vol.lesions], vol.noise_sigma)
                 names[split].append(fname)
                 if vol.lesions:
                     with_lesion.append(fname)
