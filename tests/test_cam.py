@@ -394,3 +394,54 @@ def test_cluster_bootstrap_resamples_volumes():
     mean, low, high, n = cluster_bootstrap(values, ["a", "a", "a", "b"], n_boot=500)
     assert n == 2 and mean == pytest.approx(1.5)
     assert low == pytest.approx(1.0) and high == pytest.approx(3.0)  # a resample of only a or only b
+
+
+class _BrightSpot(torch.nn.Module):
+    """Hand-set weights: a 5 x 5 mean filter with a high threshold (fires on a bright spot
+    only), global average pooling and a linear unit of weight 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 5, padding=2), torch.nn.ReLU())
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.classifier = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            self.features[0].weight.fill_(1.0 / 75)
+            self.features[0].bias.fill_(-1.5)  # prepared scale: a bright spot is near 4, dim anatomy below 0.4
+            self.classifier.weight.fill_(1.0)
+            self.classifier.bias.zero_()
+
+    def slice_logits(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def test_a_hand_set_bright_spot_detector_maps_back_onto_its_lesion(tmp_path):
+    """Through the classifier's crop (128 -> 112 px) and up/down flip and back, the map's peak
+    lies in the lesion's box; on the lesion-free twin the box holds under twice its area share."""
+    from mrlib.data.boxes import boxes_mask
+    from mrlib.metrics import energy_in_boxes
+
+    cfg = synth.SynthConfig(image_size=128, n_slices=6, lesion_free_fraction=0.0)
+    for index in range(20):  # the first subject with a lesion inside the classifier's central crop
+        vol = synth.make_fastmri_volume(cfg, synth.subject_rng(0, 0, 0, index), twin=True)
+        found = [(les.mask, s) for les in vol.lesions for s in np.flatnonzero(les.mask.sum(axis=(1, 2)) >= 30)
+                 if np.nonzero(les.mask[s])[0].min() >= 10 and np.nonzero(les.mask[s])[0].max() < 118
+                 and np.nonzero(les.mask[s])[1].min() >= 10 and np.nonzero(les.mask[s])[1].max() < 118]
+        if found:
+            break
+    mask, s = found[0]
+    rows, cols = np.nonzero(mask[s])
+    box = [(int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1))]
+    twin = 0.3 * vol.twin[s] / vol.twin[s].max()  # the anatomy, dimmed
+    lesion = np.where(mask[s], 1.0, twin)  # the lesion, the brightest thing on the slice
+    model = _BrightSpot().eval()
+    out = {}
+    for name, image in (("lesion", lesion), ("twin", twin)):
+        path = cam.compute_heatmaps(model, [(name, image[None].astype(np.float32))], ["gradcam"], tmp_path / f"{name}.h5",
+                                    flip_ud=True, input_size=112, target_layer=model.features[1], progress=False)
+        out[name] = cam.read_heatmaps(path, "gradcam", name)[0][0]
+        assert cam.heatmap_info(path)["grid"] == (112, 112)
+    peak = np.unravel_index(int(out["lesion"].argmax()), out["lesion"].shape)
+    assert boxes_mask((128, 128), box)[peak], f"peak {peak} outside the lesion box {box}"
+    share = boxes_mask((128, 128), box).mean()
+    assert energy_in_boxes(out["twin"], box) < 2 * share

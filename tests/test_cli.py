@@ -48,7 +48,7 @@ def test_train_options_are_exactly_the_unet_config_fields():
     group = next(g for g in train._action_groups if g.title == UNET_GROUP)
     assert [a.dest for a in group._group_actions] == [f.name for f in dataclasses.fields(UnetConfig)]
     for action, field in zip(group._group_actions, dataclasses.fields(UnetConfig)):
-        assert action.default == field.default and action.option_strings == ["--" + field.name.replace("_", "-")]
+        assert action.default == field.default and action.option_strings[0] == "--" + field.name.replace("_", "-")
         assert field.metadata["help"] in action.help
 
 

@@ -142,5 +142,5 @@ def test_train_command_on_a_data_dir_and_resume(data, tmp_path, capsys):
     g = tmp_path / "g"
     assert main(["train", "--run-dir", str(g), "--data", str(data), "--variant", "gradcam", "--device", "cpu",
                  "--quiet"]) == 2
-    assert "needs the heatmaps" in capsys.readouterr().err
+    assert "no chapter-4 heatmaps" in capsys.readouterr().err
     assert not RunDir(g).registry.exists()

@@ -179,8 +179,7 @@ def _knee_model(cfg, rng, pe):
     its grid (superior at row 0): femur and tibia masks and the texture-free image ``(S, N, N)``."""
     contrast = "PDFS" if synth.ACQUISITIONS[int(rng.integers(2))] == "CORPDFS_FBK" else "PD"
     subj = synth._draw_subject(rng, contrast)
-    z_lo, z_hi = synth.SLICE_SPAN_MM
-    zs = z_lo + (np.arange(cfg.n_slices) + 0.5) * (z_hi - z_lo) / cfg.n_slices + rng.normal(0, 1.0)
+    zs = synth.slice_positions(cfg, rng)
     n = cfg.image_size
     u, v, w = synth._grid("coronal", len(zs), 2 * n, pe, synth.FOV_MM / n, zs)
     x, y, z = synth._model_coords(subj, u, v, w, "coronal")

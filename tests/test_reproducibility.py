@@ -56,7 +56,7 @@ def test_identical_runs_in_two_directories_agree(tmp_path):
     # (the stamps and the run directories' paths in the results do not count)
     assert compare_runs(a, b, ignore=()) == [
         "evaluation/metrics.csv: row 1 column seconds: '0.5' != '9.75'",
-        "mrnet/metrics.json: $.seconds_per_volume: 0.5 != 9.75",
+        "mrnet/kneemri/metrics.json: $.seconds_per_volume: 0.5 != 9.75",
     ]
 
 
@@ -64,8 +64,8 @@ def test_every_difference_is_named(tmp_path):
     a = _run(tmp_path / "a")
     b = _run(tmp_path / "b", auc=0.7500001, psnr="31.26", extra={"new": 1})
     diffs = compare_runs(a, b)
-    assert "mrnet/metrics.json: $.auc: 0.75 != 0.7500001" in diffs
-    assert "mrnet/metrics.json: $.new: only in the second run" in diffs
+    assert "mrnet/kneemri/metrics.json: $.auc: 0.75 != 0.7500001" in diffs
+    assert "mrnet/kneemri/metrics.json: $.new: only in the second run" in diffs
     assert "evaluation/metrics.csv: row 1 column psnr: '31.25' != '31.26'" in diffs
     assert len(diffs) == 3
     assert compare_runs(a, b, tolerance=1e-3, ignore=(*TIMING_FIELDS, "new")) == []
@@ -82,13 +82,13 @@ def test_timings_are_compared_when_not_ignored(tmp_path):
 def test_structure_changes_and_missing_files(tmp_path):
     a, b = _run(tmp_path / "a"), _run(tmp_path / "b")
     (b / "evaluation" / "metrics.csv").write_text("variant,acceleration,psnr,seconds\nunweighted,4,31.25,0.5\n")
-    (b / "mrnet" / "metrics.json").write_text(json.dumps({"auc": 0.75, "auc_ci": [0.5], "sensitivity": None}))
+    (b / "mrnet" / "kneemri" / "metrics.json").write_text(json.dumps({"auc": 0.75, "auc_ci": [0.5], "sensitivity": None}))
     (a / "mrnet" / "history.json").write_text("[]")
     (a / "mrnet" / ".history.json.x.part").write_text("half")  # temporaries are not results
     diffs = compare_runs(a, b)
     assert "evaluation/metrics.csv: 2 rows != 1 rows" in diffs
-    assert "mrnet/metrics.json: $.auc_ci: 2 items != 1 items" in diffs
-    assert "mrnet/metrics.json: $.sensitivity: nan != None" in diffs
+    assert "mrnet/kneemri/metrics.json: $.auc_ci: 2 items != 1 items" in diffs
+    assert "mrnet/kneemri/metrics.json: $.sensitivity: nan != None" in diffs
     assert f"mrnet/history.json: only in {a}" in diffs
     assert not any(".part" in d for d in diffs)
 
@@ -96,7 +96,7 @@ def test_structure_changes_and_missing_files(tmp_path):
 def test_nan_equals_nan_but_not_a_number(tmp_path):
     a = _run(tmp_path / "a", extra={"x": float("nan")})
     b = _run(tmp_path / "b", extra={"x": 1.0})
-    assert compare_runs(a, b) == ["mrnet/metrics.json: $.x: nan != 1.0"]
+    assert compare_runs(a, b) == ["mrnet/kneemri/metrics.json: $.x: nan != 1.0"]
     assert compare_runs(a, _run(tmp_path / "c", extra={"x": float("nan")})) == []
 
 
@@ -111,7 +111,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(MrlibError, match="--tolerance"):
         compare_runs(a, a, tolerance=-1)
     b = _run(tmp_path / "b")
-    (b / "mrnet" / "metrics.json").write_text("{not json")
+    (b / "mrnet" / "kneemri" / "metrics.json").write_text("{not json")
     with pytest.raises(MrlibError, match=r"metrics\.json: not valid JSON"):
         compare_runs(a, b)
 
@@ -127,7 +127,7 @@ def test_compare_command(tmp_path):
     assert same.returncode == 0 and "the runs agree" in same.stdout
     differ = compare(a, c)
     assert differ.returncode == 1
-    assert "mrnet/metrics.json: $.auc: 0.75 != 0.5" in differ.stdout and "1 difference(s)" in differ.stdout
+    assert "mrnet/kneemri/metrics.json: $.auc: 0.75 != 0.5" in differ.stdout and "1 difference(s)" in differ.stdout
     assert compare(a, c, "--ignore", "auc").returncode == 0
     assert compare(a, c, "--tolerance", "0.5").returncode == 0
     missing = compare(a, tmp_path / "nope")

@@ -731,6 +731,13 @@ def _fft2c(image: np.ndarray) -> np.ndarray:
         return tensor_to_complex_np(fastmri.fft2c(to_tensor(image))).astype(np.complex64)
 
 
+def slice_positions(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """The coronal slices' positions (model z, mm): ``n_slices`` contiguous slices of
+    ``slice_thickness_mm`` centred on the knee, the stack shifted by a draw from ``rng``."""
+    centre = 0.5 * sum(SLICE_SPAN_MM)
+    return centre + (np.arange(cfg.n_slices) - (cfg.n_slices - 1) / 2) * cfg.slice_thickness_mm + rng.normal(0, 1.0)
+
+
 def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: bool = False,
                         render_lesions: bool = True, patient_id: str | None = None,
                         pe: int | None = None, twin: bool = False) -> SynthVolume:
@@ -753,8 +760,7 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     pix = FOV_MM / n
     acquisition = ACQUISITIONS[int(rng.integers(2))]
     subj = _draw_subject(rng, "PDFS" if acquisition == "CORPDFS_FBK" else "PD")
-    centre = 0.5 * sum(SLICE_SPAN_MM)
-    zs = centre + (np.arange(cfg.n_slices) - (cfg.n_slices - 1) / 2) * cfg.slice_thickness_mm + rng.normal(0, 1.0)
+    zs = slice_positions(cfg, rng)
     drawn_id = "".join(rng.choice(list("0123456789abcdef"), 32))  # drawn always: the subject does not depend on it
     patient_id = drawn_id if patient_id is None else patient_id
 
@@ -801,8 +807,12 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     carrier = np.exp(1j * _smooth_phase(rng, u, v, np.asarray(w_))).astype(np.complex64)
     if multicoil:
         carrier = carrier[:, None] * _coil_maps(rng, cfg.n_coils, u, v, np.asarray(w_)).transpose(1, 0, 2, 3)
-        gain = np.expand_dims(gain, 1) if np.ndim(gain) else gain
-    cimg = (img * gain) * carrier
+
+    def coil_images(image):  # (S, H, W) real -> complex (S, H, W) or (S, coils, H, W)
+        scaled = image * gain
+        return (scaled[:, None] if multicoil else scaled) * carrier
+
+    cimg = coil_images(img)
     sigma = cfg.noise * noise_factor * float(np.abs(cimg).max()) / math.sqrt(2.0)
     noise = rng.standard_normal(cimg.shape + (2,), dtype=np.float32) * sigma
     noise = (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
@@ -816,7 +826,7 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
 
     kspace = acquire(cimg)
     target = _ifft_crop(kspace, n)
-    twin_target = _ifft_crop(acquire((clean * gain) * carrier), n) if twin else None
+    twin_target = _ifft_crop(acquire(coil_images(clean)), n) if twin else None
 
     header = writers.ismrmrd_header(
         encoded=(rows, pe, 1), recon=(n, n, 1), fov_mm=FOV_MM,
@@ -969,7 +979,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
 
     Layout: ``fastmri/{singlecoil|multicoil}_{train,val,test}/file*.h5``,
     ``annotations/knee.csv``, ``kneemri/*.pck`` + ``kneemri/metadata.csv``, ``synth.json``,
-    and the lesion-free twin of every train and val volume with a lesion
+    and the lesion-free twin of every volume with a lesion and a target
     (``synth_twins/``, :mod:`mrlib.data.twins`).
     The fastMRI arrays are stored upside down, as the real ones (``display_flip_ud``).
 
@@ -1010,7 +1020,8 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
                 pe = _real_width(cfg, split_id + i) if real else None
                 repeat = real and split == "train" and i == counts[split] - 1 and i > 0
                 vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil, pe=pe,
-                                          patient_id=first_patient if repeat else None, twin=split != "test")
+                                          patient_id=first_patient if repeat else None,
+                                          twin=not (real and split == "test"))
                 if split == "train" and i == 0:
                     first_patient = vol.attrs["patient_id"]
                 path = out / "fastmri" / f"{challenge}_{split}" / f"{fname}.h5"
