@@ -327,17 +327,18 @@ def train_slice_classifier(
                monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice MRNet")
 
 
-def evaluate_slices(model: torch.nn.Module, data: ExamSet) -> tuple[dict[str, Any], list[np.ndarray]]:
+def evaluate_slices(model: torch.nn.Module, data: ExamSet) -> tuple[dict[str, Any], np.ndarray]:
     """Scores of a per-slice classifier on its test (evaluation) exams.
 
     The threshold ``tau`` on a slice's probability is Youden-optimal on the ``val``
     (selection) slices, never on test data. The exam score is the maximum of its slices'.
 
     Returns:
-        ``(metrics, test logits)``: ``slice_auc`` with its 95 % score interval over the
-        test slices (slices of one volume are not independent, so the interval is
-        optimistic), exam ``auc`` and interval, ``tau``, the slices' sensitivity and
-        specificity at it, counts; and one ``(S,)`` logit array per test exam.
+        ``(metrics, exam probabilities)``, as :func:`evaluate_mrnet`: ``slice_auc`` with its
+        95 % score interval over the test slices (slices of one volume are not independent,
+        so the interval is optimistic), exam ``auc`` and interval, ``tau``, the slices'
+        sensitivity and specificity at it, the position baseline, counts; and each test
+        exam's probability (its slices' maximum).
     """
     device = next(model.parameters()).device
     val, test = data.splits["val"], data.splits["test"]
@@ -360,7 +361,7 @@ def evaluate_slices(model: torch.nn.Module, data: ExamSet) -> tuple[dict[str, An
         "n_slices": int(len(y_slice)), "n_positive_slices": int(y_slice.sum()),
         "slice_position_auc": slice_position_auc(data.slice_labels, test),
     }
-    return metrics, logits
+    return metrics, p_exam
 
 
 # --------------------------------------------------------------------------- one-feature baselines
@@ -627,8 +628,7 @@ def train_source(run, manifest: dict, cfg, seeds, device: torch.device, progress
         if source.per_slice:
             history = train_slice_classifier(model, data, ckpt, **kw)
             load_weights(model, ckpt.best)
-            metrics, logits = evaluate_slices(model, data)
-            exam_prob = [1 / (1 + np.exp(-lg.max())) for lg in logits]
+            metrics, exam_prob = evaluate_slices(model, data)
         else:
             history = train_mrnet(model, data.exams, data.labels, data.splits, ckpt, **kw)
             load_weights(model, ckpt.best)

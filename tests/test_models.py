@@ -180,3 +180,28 @@ def test_exam_logit_reaches_a_slice_only_through_the_channels_whose_maximum_it_h
     torch.testing.assert_close(feats.grad, want)
     per_slice = (feats.grad != 0).sum(dim=1)
     assert per_slice.sum() == 256 and per_slice.max() < 256  # every slice gets only part of the channels
+
+
+def test_position_weights_make_a_slices_position_say_nothing_of_its_label():
+    from mrlib.classifier import position_weights, slice_position_auc
+
+    # lesions in the middle slices, as at the joint: position alone separates the classes
+    labels = [np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
+              np.zeros(10, dtype=int)]
+    assert slice_position_auc(labels, [0, 1, 2]) > 0.85
+    w = position_weights(labels, [0, 1, 2], n_bins=5)
+    y = np.concatenate(labels).astype(bool)
+    bins = np.concatenate([np.arange(10) * 5 // 10] * 3)
+    assert w.mean() == pytest.approx(1.0)
+    for b in range(5):
+        pos, neg = (bins == b) & y, (bins == b) & ~y
+        if pos.any():
+            assert w[pos].sum() == pytest.approx(w[neg].sum())  # within a position, the classes weigh the same
+        else:
+            assert (w[bins == b] == 0).all()  # a position with one class teaches nothing
+    # weighted, a score made of the position's fifth alone is at chance (the weights balance
+    # the classes per fifth of the volume; finer positions inside a fifth are not balanced)
+    from sklearn.metrics import roc_auc_score
+    score = -np.abs(bins - 2.0)
+    keep = w > 0
+    assert roc_auc_score(y[keep], score[keep], sample_weight=w[keep]) == pytest.approx(0.5, abs=1e-6)
