@@ -407,7 +407,7 @@ def exam_localization(
         methods: CAM method names.
 
     Returns:
-        ``pandas.DataFrame`` with the columns of :func:`mrlib.metrics.localization_table`.
+        ``pandas.DataFrame`` with the columns :data:`mrlib.metrics.LOCALIZATION_COLUMNS`.
     """
     for m in methods:
         check_method(m)

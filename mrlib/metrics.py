@@ -273,19 +273,3 @@ def localization_row(method: str, pairs, iou_threshold: float = 0.5) -> dict:
         iou.append(box_iou(m, boxes, iou_threshold))
     return dict(method=str(method).strip().lower(), n_slices=len(hits), pointing_game=float(np.mean(hits)),
                 energy_in_box=float(np.mean(energy)), iou=float(np.mean(iou)))
-
-
-def chance_localization(boxes_df, image_shape: tuple[int, int]) -> dict:
-    """What a map with no information scores: a uniform map, or a peak at a random pixel.
-
-    Both the pointing game of a random peak and the energy of a uniform map inside the
-    boxes equal the boxes' share of the image; the thresholded uniform map is the whole
-    image, so its IoU is that share too. Returned as a row of :func:`localization_table`.
-    """
-    shares = [
-        _box_union(image_shape, list(g[["x", "y", "width", "height"]].itertuples(index=False, name=None))).mean()
-        for _, g in boxes_df.groupby(["file", "slice"])
-    ]
-    share = float(np.mean(shares)) if shares else float("nan")
-    return dict(method="chance (uniform map)", n_slices=len(shares), pointing_game=share,
-                energy_in_box=share, iou=share)
