@@ -575,11 +575,10 @@ def localization_report(heatmaps_path, boxes_df, methods, files: Mapping[str, Se
     for split, scored, prior, twins in (("evaluation", files["evaluation"], files["train"], twin_path),
                                         ("selection", files["selection"], files["train"], None),
                                         ("train", files["train"], files["selection"], None)):
-        files_ = scored
-        if _boxes_of(info, boxes_df, files_).empty:
+        if _boxes_of(info, boxes_df, scored).empty:
             print(f"no annotated slice in the {split} split: no localisation rows for it")
             continue
-        r = slice_records(heatmaps_path, boxes_df, methods, files_, prior, twins, iou_threshold)
+        r = slice_records(heatmaps_path, boxes_df, methods, scored, prior, twins, iou_threshold)
         parts.append(summarize_records(r, info, split))
         recs.append(r.assign(split=split))
     if not parts:

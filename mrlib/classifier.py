@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .data import fastmri_h5, kneemri, mrnet, twins
 from .data.annotations import read_file_list
-from .data.manifest import manifest_boxes, role_files, twin_files
+from .data.manifest import file_index, manifest_boxes, role_files, twin_files
 from .errors import DataError, ParameterError
 from .metrics import AUC_CI_METHOD, roc_auc, score_auc_ci, youden_threshold
 from .models import MRNet
@@ -402,14 +402,12 @@ def kneemri_baseline(manifest: dict, task: str = "acl") -> dict[str, Any]:
 def twin_baseline(manifest: dict, twin_paths: dict, boxes) -> dict[str, Any]:
     """The in-domain one-feature baseline: for every lesion box of a volume with a
     lesion-free twin, :func:`box_feature` in the box on the lesion image (a positive) and
-    in the same box on the twin (a negative). ``None`` without twins (real data)."""
+    in the same box on the twin (a negative). ``{}`` without twins (real data)."""
     if not twin_paths:
         return {}
-    paths = {p.stem: p for role in ("train", "selection", "evaluation") for p in role_files(manifest, role)}
+    paths = file_index(manifest)
     scores, labels = [], []
     for stem, twin_path in sorted(twin_paths.items()):
-        if stem not in paths:
-            continue
         _, target, _ = fastmri_h5.read_volume(paths[stem])
         twin = twins.read_twin(twin_path).twin
         for row in boxes[boxes["file"].astype(str) == stem].itertuples():
@@ -432,9 +430,6 @@ class ExamSet(NamedTuple):
     names: list[str]
     splits: dict[str, np.ndarray]
     slice_labels: list[np.ndarray] | None = None
-
-
-Exams = ExamSet
 
 #: name -> exam source class: the data a classifier (and so an ROI source) is trained on.
 SOURCES: dict[str, type["ExamSource"]] = {}
@@ -583,7 +578,7 @@ class FastMRISource(ExamSource):
 def load_exams(
     manifest: dict, source: str = "kneemri", task: str = "acl", plane: str = "sagittal",
     size: int = INPUT_SIZE, seed: int = 0, progress: bool = True,
-) -> Exams:
+) -> ExamSet:
     """Load and prepare the classifier's exams, with labels and train/val/test splits.
 
     Args:

@@ -224,10 +224,10 @@ class RunDir:
         return self.root / self.CLASSIFIER / str(source) / self.CLASSIFIER_METRICS
 
     def classifier_splits(self, source: str) -> Path:
-        return self.root / self.CLASSIFIER / str(source) / self.CLASSIFIER_SPLITS
+        return self.classifier_metrics(source).with_name(self.CLASSIFIER_SPLITS)
 
     def classifier_predictions(self, source: str) -> Path:
-        return self.root / self.CLASSIFIER / str(source) / self.CLASSIFIER_PREDICTIONS
+        return self.classifier_metrics(source).with_name(self.CLASSIFIER_PREDICTIONS)
 
     def write_classifier_results(self, source: str, metrics: Mapping, splits: Mapping, predictions_csv: str) -> None:
         write_json(self.classifier_metrics(source), dict(metrics))
