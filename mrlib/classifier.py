@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .data import fastmri_h5, kneemri, mrnet, twins
 from .data.annotations import read_file_list
-from .data.manifest import file_index, manifest_boxes, role_files, twin_files
+from .data.manifest import acquisitions, file_index, manifest_boxes, role_files, twin_files
 from .errors import DataError, ParameterError
 from .metrics import AUC_CI_METHOD, roc_auc, score_auc_ci, youden_threshold
 from .models import MRNet
@@ -135,6 +135,7 @@ def train_mrnet(
     seed: int = 0,
     resume: bool = True,
     progress: bool = True,
+    precision: str = "auto",
 ) -> list[dict[str, float]]:
     """Train MRNet with Bien et al.'s recipe, one exam per step.
 
@@ -174,10 +175,11 @@ def train_mrnet(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=5, factor=0.3, threshold=1e-4)
     # the epoch count is not part of it: a finished run may be resumed for more epochs
-    config = {"lr": lr, "weight_decay": weight_decay, "seed": seed,
+    config = {"lr": lr, "weight_decay": weight_decay, "seed": seed, "precision": precision,
               "n_train": len(train_idx), "n_val": len(val_idx)}
     return fit(model, batches, step, validate, optimizer, epochs, out_dir, scheduler=scheduler,
-               monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="MRNet")
+               monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="MRNet",
+               precision=precision)
 
 
 def evaluate_mrnet(
@@ -268,63 +270,86 @@ def _augment(x: torch.Tensor, rng: np.random.Generator, shift: int) -> torch.Ten
     return torch.stack(out)
 
 
+def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, n_bins: int = 5) -> np.ndarray:
+    """One epoch's slices: every positive slice of exams ``idx`` and, for each, a negative
+    drawn from the same bin of relative position (from any negative if its bin has none),
+    in a random order. Both classes then have the same position histogram, so where a
+    slice lies says nothing of its label, and half of every batch holds a lesion.
+
+    Returns:
+        ``(2 * n_positive,)`` int64 indices into the slices of ``idx`` taken in order.
+    """
+    y = np.concatenate([slice_labels[i] for i in idx]).astype(bool)
+    bins = np.concatenate([np.arange(len(slice_labels[i])) * n_bins // len(slice_labels[i]) for i in idx])
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ParameterError("slice labels", f"training needs positive and negative slices, got {len(pos)} positive "
+                                             f"of {len(y)}")
+    pool = {b: neg[bins[neg] == b] for b in np.unique(bins)}
+    drawn = np.array([rng.choice(pool[bins[p]] if len(pool[bins[p]]) else neg) for p in pos], dtype=np.int64)
+    return rng.permutation(np.concatenate([pos, drawn]))
+
+
 def train_slice_classifier(
     model: torch.nn.Module,
     data: ExamSet,
     out_dir: str,
     epochs: int = 10,
     lr: float = 1e-4,
-    weight_decay: float = 0.01,
+    weight_decay: float = 0.0,
     seed: int = 0,
     batch_size: int = 16,
     resume: bool = True,
     progress: bool = True,
     shift: int = 8,
+    precision: str = "auto",
 ) -> list[dict[str, float]]:
     """Train MRNet's backbone and linear unit on slices: each slice's own logit
-    (``model.slice_logits``) against its label, binary cross-entropy weighted by
-    :func:`position_weights` (so that where a slice lies says nothing of its label), Adam,
-    the learning rate cut on a stalled selection loss as in :func:`train_mrnet`, ``best.pt``
-    the epoch with the lowest (equally weighted) selection loss. Each training slice is
-    flipped left-right at random and shifted by up to ``shift`` pixels. Slices are visited,
-    and augmented, in an order drawn from ``(seed, epoch)``.
+    (``model.slice_logits``) against its label, binary cross-entropy, Adam, the learning
+    rate cut on a stalled selection loss as in :func:`train_mrnet`, ``best.pt`` the epoch
+    with the lowest selection loss.
+
+    An epoch visits every positive training slice and as many position-matched negatives
+    (:func:`matched_negatives`), drawn from ``(seed, epoch)``; each slice is flipped
+    left-right at random and shifted by up to ``shift`` pixels. The selection loss weights
+    the selection split's slices by :func:`position_weights`, the same balance.
 
     Args:
         data: a per-slice :class:`ExamSet` (``slice_labels`` set).
+        precision: the training steps' arithmetic (:func:`mrlib.train.fit`).
     """
     if data.slice_labels is None:
         raise ParameterError("data", "train_slice_classifier needs slice labels (a per-slice source such as fastmri)")
     device = next(model.parameters()).device
-    items = np.array([(i, s) for i in data.splits["train"] for s in range(len(data.slice_labels[i]))])
+    train_idx, val_idx = data.splits["train"], data.splits["val"]
+    items = np.array([(i, s) for i in train_idx for s in range(len(data.slice_labels[i]))])
     y = torch.tensor([data.slice_labels[i][s] for i, s in items], dtype=torch.float32)
-    w = torch.from_numpy(position_weights(data.slice_labels, data.splits["train"]))
-    val_idx = data.splits["val"]
     y_val = torch.from_numpy(np.concatenate([data.slice_labels[i] for i in val_idx]).astype(np.float32))
     w_val = torch.from_numpy(position_weights(data.slice_labels, val_idx))
 
-    def loss_fn(logits, target, weight):
-        return F.binary_cross_entropy_with_logits(logits, target.to(logits.device), weight=weight.to(logits.device))
-
     def batches(epoch: int):
-        order = np.random.default_rng([seed, epoch]).permutation(len(items))
+        rng = np.random.default_rng([seed, epoch])
+        order = matched_negatives(data.slice_labels, train_idx, rng)
         return ((order[k:k + batch_size], (seed, epoch, k)) for k in range(0, len(order), batch_size))
 
     def step(m: torch.nn.Module, batch) -> torch.Tensor:
         idx, key = batch
         x = torch.stack([data.exams[i][s] for i, s in items[idx]])
         x = _augment(x, np.random.default_rng(list(key)), shift).to(device)
-        return loss_fn(m.slice_logits(x)[:, 0], y[idx], w[idx])
+        return F.binary_cross_entropy_with_logits(m.slice_logits(x)[:, 0], y[idx].to(device))
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
         logits = torch.tensor(np.concatenate(slice_logits(m, data.exams, val_idx, device)), dtype=torch.float32)
-        return {"val_loss": loss_fn(logits, y_val, w_val).item(), "val_auc": roc_auc(y_val.numpy(), logits.numpy())}
+        loss = F.binary_cross_entropy_with_logits(logits, y_val, weight=w_val)
+        return {"val_loss": loss.item(), "val_auc": roc_auc(y_val.numpy(), logits.numpy())}
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=5, factor=0.3, threshold=1e-4)
     config = {"lr": lr, "weight_decay": weight_decay, "seed": seed, "batch_size": batch_size, "shift": shift,
-              "n_train_slices": len(items), "n_val_slices": len(y_val)}
+              "sampling": "position-matched negatives", "precision": precision, "n_train_slices": len(items), "n_val_slices": len(y_val)}
     return fit(model, batches, step, validate, optimizer, epochs, out_dir, scheduler=scheduler,
-               monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice MRNet")
+               monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice MRNet",
+               precision=precision)
 
 
 def evaluate_slices(model: torch.nn.Module, data: ExamSet) -> tuple[dict[str, Any], np.ndarray]:
@@ -399,23 +424,32 @@ def kneemri_baseline(manifest: dict, task: str = "acl") -> dict[str, Any]:
     return {**feature_auc(labels, scores), "baseline": "mean intensity in the metadata ACL box / median foreground"}
 
 
+#: (fastMRI+ label, acquisition) of lesions that darken their box: marrow edema replaces
+#: bright fatty marrow on PD without fat suppression (and is bright on PDFS)
+DARKENING = {("Bone- Subchondral edema", "CORPD_FBK")}
+
+
 def twin_baseline(manifest: dict, twin_paths: dict, boxes) -> dict[str, Any]:
     """The in-domain one-feature baseline: for every lesion box of a volume with a
     lesion-free twin, :func:`box_feature` in the box on the lesion image (a positive) and
-    in the same box on the twin (a negative). ``{}`` without twins (real data)."""
+    in the same box on the twin (a negative). The feature is negated for a lesion kind that
+    darkens its box in the volume's acquisition (:data:`DARKENING`), as a reader expects
+    it to. ``{}`` without twins (real data)."""
     if not twin_paths:
         return {}
-    paths = file_index(manifest)
+    paths, acquisition = file_index(manifest), acquisitions(manifest)
     scores, labels = [], []
     for stem, twin_path in sorted(twin_paths.items()):
         _, target, _ = fastmri_h5.read_volume(paths[stem])
         twin = twins.read_twin(twin_path).twin
         for row in boxes[boxes["file"].astype(str) == stem].itertuples():
             box = (row.x, row.y, row.width, row.height)
-            scores += [box_feature(target[row.slice], box), box_feature(twin[row.slice], box)]
+            sign = -1.0 if (row.label, acquisition.get(stem)) in DARKENING else 1.0
+            scores += [sign * box_feature(target[row.slice], box), sign * box_feature(twin[row.slice], box)]
             labels += [1, 0]
-    return {**feature_auc(labels, scores), "baseline": "mean intensity in a lesion box / median foreground, "
-                                                       "lesion image against its lesion-free twin"}
+    return {**feature_auc(labels, scores), "baseline": "mean intensity in a lesion box / median foreground (negated "
+                                                       "where the lesion kind darkens the box), lesion image against "
+                                                       "its lesion-free twin"}
 
 
 # --------------------------------------------------------------------------- exam sources
@@ -618,8 +652,8 @@ def train_source(run, manifest: dict, cfg, seeds, device: torch.device, progress
         seed_everything(seed)
         model = MRNet(pretrained=cfg.pretrained).to(device)
         ckpt = run.classifier(cfg.roi_source, seed)
-        kw = dict(epochs=cfg.slice_epochs if source.per_slice else cfg.mrnet_epochs, lr=cfg.mrnet_lr, weight_decay=cfg.mrnet_weight_decay, seed=seed,
-                  progress=progress)
+        kw = dict(epochs=cfg.slice_epochs if source.per_slice else cfg.mrnet_epochs, lr=cfg.mrnet_lr,
+                  weight_decay=cfg.mrnet_weight_decay, seed=seed, progress=progress, precision=cfg.precision)
         if source.per_slice:
             history = train_slice_classifier(model, data, ckpt, **kw)
             load_weights(model, ckpt.best)

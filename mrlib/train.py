@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_path
 from .errors import MrlibError
 from .rundir import CheckpointDir
-from .runtime import Heartbeat, plain_console, progress_bar
+from .runtime import Heartbeat, plain_console, progress_bar, use_bf16
 
 Batch = Any
 
@@ -87,6 +86,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     dist=None,
+    precision: str = "auto",
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs; return the history (one dict per epoch).
 
@@ -105,6 +105,10 @@ def fit(
             ``train_step`` receives the DDP-wrapped model, ``validate`` the plain one (it
             runs on every rank and must return the same numbers there: shard it and sum
             with ``dist.all_sum``), and only rank 0 writes.
+        precision: the arithmetic of the training steps and of validation
+            (:func:`mrlib.runtime.use_bf16`): ``auto`` (bf16 autocast on CUDA, fp32
+            elsewhere), ``bf16`` or ``fp32``. The weights and the optimizer stay fp32;
+            evaluation after training is the caller's, in fp32.
     """
     ckpts = out_dir if isinstance(out_dir, CheckpointDir) else CheckpointDir(out_dir)
     distributed = dist is not None and dist.active
@@ -128,7 +132,7 @@ def fit(
             scheduler.load_state_dict(ckpt["scheduler"])
         history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
     device = next(model.parameters()).device
-    amp = device.type == "cuda"
+    amp = use_bf16(precision, device)
     net = model
     if distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -153,7 +157,7 @@ def fit(
             n += 1
             bar.set_postfix(loss=f"{total / n:.4g}")
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             record = {"epoch": epoch + 1, "train_loss": total / max(n, 1), **validate(model)}
         record["lr"] = optimizer.param_groups[0]["lr"]
         history.append(record)

@@ -11,6 +11,8 @@ process group.
 
 from __future__ import annotations
 
+import itertools
+
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ def train_unet(
     batch_size: int = 8,
     optimizer: str = "adam",
     lr_step: int = 0,
+    steps_per_epoch: int = 0,
+    precision: str = "auto",
     seed: int = 0,
     resume: bool = True,
     config: dict[str, Any] | None = None,
@@ -69,6 +73,10 @@ def train_unet(
         train_weights, val_weights: ``(N, H, W)`` weights per slice of each bank, or ``None``.
         optimizer: ``"adam"`` or ``"rmsprop"`` (fastMRI's U-Net baseline).
         lr_step: divide the learning rate by 10 every ``lr_step`` epochs (0: never).
+        precision: the training steps' arithmetic (:func:`mrlib.train.fit`).
+        steps_per_epoch: stop an epoch after this many steps (0: one pass over the training
+            slices). Each epoch's shuffle is fresh, so a large training split is sampled
+            anew every epoch at a cost fixed by this number, not by the split's size.
         dist: a :class:`mrlib.distributed.DistContext` (``torchrun``); ``batch_size`` is
             then per process, and each process trains on whole volumes of its shard.
         shards: the number of volume shards the batches are drawn from (default: the
@@ -93,7 +101,14 @@ def train_unet(
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
+    if steps_per_epoch < 0:
+        raise ParameterError("steps_per_epoch", f"must be 0 (a whole pass) or more, got {steps_per_epoch}")
+
     def batches(epoch: int):
+        all_steps = all_batches(epoch)
+        return itertools.islice(all_steps, steps_per_epoch) if steps_per_epoch else all_steps
+
+    def all_batches(epoch: int):
         if shards is not None:
             for per_rank in volume_batches(train_bank.volumes, shards, batch_size, seed, epoch):
                 if distributed:
@@ -135,7 +150,7 @@ def train_unet(
 
     return fit(model, batches, step, validate, opt, epochs, out_dir, scheduler=sched, monitor="val_mse",
                mode="min", resume=resume, config=config, progress=progress, desc=f"U-Net {variant.key}",
-               dist=dist)
+               dist=dist, precision=precision)
 
 
 def run_config(cfg: UnetConfig, variant: LossVariant, mask_spec: MaskSpec) -> dict[str, Any]:
@@ -183,7 +198,7 @@ def train_run(
         train_weights=variant.weights(banks["train"], context),
         val_weights=variant.weights(banks["selection"], context),
         epochs=cfg.unet_epochs, lr=cfg.unet_lr, batch_size=cfg.unet_batch_size, optimizer=cfg.optimizer,
-        lr_step=cfg.lr_step, seed=cfg.seed, resume=resume,
+        lr_step=cfg.lr_step, steps_per_epoch=cfg.unet_steps_per_epoch, precision=cfg.precision, seed=cfg.seed, resume=resume,
         config={k: v for k, v in config.items() if k != "unet_epochs"}, progress=progress,
         dist=dist if distributed else None,
     )

@@ -144,3 +144,24 @@ def test_train_command_on_a_data_dir_and_resume(data, tmp_path, capsys):
                  "--quiet"]) == 2
     assert "no chapter-4 heatmaps" in capsys.readouterr().err
     assert not RunDir(g).registry.exists()
+
+
+def test_steps_per_epoch_caps_an_epoch_and_bf16_is_asked_for(data, tmp_path):
+    from mrlib.runtime import use_bf16
+
+    train, val = _banks(data)
+    calls = []
+    batch = train.batch
+    train.batch = lambda *a, **k: calls.append(1) or batch(*a, **k)
+    torch.manual_seed(0)
+    model = build_unet("unet", chans=4, num_pool_layers=2)
+    history = train_unet(model, train, val, SPEC, Unweighted(), tmp_path / "capped", epochs=2, batch_size=2,
+                         steps_per_epoch=2, precision="bf16", progress=False)
+    assert len(calls) == 4 and len(history) == 2 and len(train) > 4  # 2 steps of 2 slices per epoch, not a pass
+    with pytest.raises(ParameterError, match="steps_per_epoch"):
+        train_unet(model, train, val, SPEC, Unweighted(), tmp_path / "bad", epochs=1, steps_per_epoch=-1,
+                   progress=False)
+    assert not use_bf16("auto", torch.device("cpu")) and use_bf16("auto", torch.device("cuda"))
+    assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cuda"))
+    with pytest.raises(ParameterError, match="precision"):
+        use_bf16("fp16", torch.device("cpu"))

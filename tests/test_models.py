@@ -205,3 +205,31 @@ def test_position_weights_make_a_slices_position_say_nothing_of_its_label():
     score = -np.abs(bins - 2.0)
     keep = w > 0
     assert roc_auc_score(y[keep], score[keep], sample_weight=w[keep]) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_matched_negatives_give_both_classes_the_same_position_histogram():
+    from mrlib.classifier import matched_negatives
+
+    labels = [np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
+              np.zeros(10, dtype=int), np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1])]
+    y = np.concatenate(labels).astype(bool)
+    bins = np.concatenate([np.arange(10) * 5 // 10] * 4)
+    order = matched_negatives(labels, [0, 1, 2, 3], np.random.default_rng(0))
+    assert len(order) == 2 * y.sum()
+    assert sorted(order[y[order]]) == sorted(np.flatnonzero(y))  # every positive, once
+    np.testing.assert_array_equal(np.bincount(bins[order[y[order]]], minlength=5),
+                                  np.bincount(bins[order[~y[order]]], minlength=5))
+    again = matched_negatives(labels, [0, 1, 2, 3], np.random.default_rng(0))
+    np.testing.assert_array_equal(order, again)  # drawn from the rng alone
+    with pytest.raises(ParameterError, match="positive and negative"):
+        matched_negatives([np.zeros(4, dtype=int)], [0], np.random.default_rng(0))
+
+
+def test_mrnet_from_scratch_starts_from_he_initialisation():
+    torch.manual_seed(0)
+    convs = [m for m in MRNet().features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.1)
+        assert (conv.bias == 0).all()

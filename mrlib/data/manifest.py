@@ -186,17 +186,22 @@ def twin_files(manifest: Mapping[str, Any]) -> dict[str, Path]:
     return out
 
 
+def acquisitions(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """``{file stem: acquisition}`` (``CORPD_FBK`` or ``CORPDFS_FBK``) of every listed file."""
+    return {Path(f["name"]).stem: f["acquisition"] for s in manifest["splits"].values() for f in s["files"]}
+
+
 def lesion_contrasts(manifest: Mapping[str, Any]):
     """:func:`mrlib.data.twins.lesion_contrast` of every lesion with a twin, with its file and
     acquisition: a ``pandas.DataFrame`` (empty for real data)."""
     import pandas as pd  # lazy: the manifest itself needs no pandas
 
-    acquisitions = {Path(f["name"]).stem: f["acquisition"] for s in manifest["splits"].values() for f in s["files"]}
+    acquisition = acquisitions(manifest)
     index = file_index(manifest)
     rows = []
     for stem, path in sorted(twin_files(manifest).items()):
         target = read_volume(index[stem])[1]
-        rows += [dict(file=stem, acquisition=acquisitions.get(stem, ""), **r) for r in lesion_contrast(target, read_twin(path))]
+        rows += [dict(file=stem, acquisition=acquisition.get(stem, ""), **r) for r in lesion_contrast(target, read_twin(path))]
     return pd.DataFrame(rows, columns=["file", "acquisition", "label", "contrast", "cnr", "rose", "pixels"])
 
 

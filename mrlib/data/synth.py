@@ -23,6 +23,7 @@ target geometry, so each fastMRI+ style box is known exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +37,7 @@ from fastmri.data.transforms import complex_center_crop, tensor_to_complex_np, t
 
 from ..artifacts import write_json
 from ..errors import ParameterError
-from ..runtime import progress_bar
+from ..runtime import parallel_map, progress_bar
 from . import twins, writers
 from .annotations import flip_y
 
@@ -973,8 +974,17 @@ def _quirk_rows(files: dict[str, list[str]], image_size: int, box_rows: list[dic
     return rows
 
 
+def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool, job: tuple) -> SynthVolume:
+    """Volume ``i`` of split ``split_id`` (``job = (split_id, split, i)``), from its own seed
+    alone, so volumes may be drawn in any order and in any process."""
+    split_id, split, i = job
+    return make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil,
+                               pe=_real_width(cfg, split_id + i) if real else None,
+                               twin=not (real and split == "test"))
+
+
 def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
-             progress: bool = True, layout: str = "synthetic") -> dict:
+             progress: bool = True, layout: str = "synthetic", workers: int = 0) -> dict:
     """Write both synthetic cohorts in their real formats under ``out_dir``.
 
     Layout: ``fastmri/{singlecoil|multicoil}_{train,val,test}/file*.h5``,
@@ -991,6 +1001,10 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     spacing) and the ``knee_file_list.csv`` of reviewed files (every file with a lesion and
     half of the others); two training files of one patient; kneeMRI volumes of differing
     slice counts. Runs on it with ``split_policy=fastmri``.
+
+    ``workers`` processes draw the fastMRI volumes (0: one per available core, 1: this
+    process only); every volume comes from its own seed, so the files are byte-identical
+    whatever the number of workers.
 
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
@@ -1012,35 +1026,34 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     file_no = 1000000
     total = sum(counts.values())
     first_patient = None
-    with progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar:
-        for split_id, split in enumerate(_SPLITS):
-            for i in range(counts[split]):
-                fname = f"file{file_no + 1000 * split_id + i}"
-                layout_rng = subject_rng(seed, 2, split_id, i)
-                pe = _real_width(cfg, split_id + i) if real else None
-                repeat = real and split == "train" and i == counts[split] - 1 and i > 0
-                vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil, pe=pe,
-                                          patient_id=first_patient if repeat else None,
-                                          twin=not (real and split == "test"))
-                if split == "train" and i == 0:
-                    first_patient = vol.attrs["patient_id"]
-                path = out / "fastmri" / f"{challenge}_{split}" / f"{fname}.h5"
-                if real and split == "test":
-                    kspace, mask, attrs = _undersample(vol, layout_rng)
-                    writers.write_fastmri_h5(path, kspace, None, attrs, vol.header, multicoil, mask=mask)
-                else:
-                    writers.write_fastmri_h5(path, vol.kspace, vol.target, vol.attrs, vol.header, multicoil)
-                    box_rows += boxes_from_masks(fname, vol.lesions, cfg.image_size)
-                    if vol.lesions and vol.twin is not None:
-                        twins.write_twin(twins.twin_dir(out, f"{challenge}_{split}") / f"{fname}.h5", vol.twin,
-                                         [les.mask for les in vol.lesions], [les.label for les in vol.lesions],
-                                         [les.contrast for les in vol.lesions], vol.noise_sigma)
-                names[split].append(fname)
-                if vol.lesions:
-                    with_lesion.append(fname)
-                for lesion in vol.lesions:
-                    lesion_counts[lesion.label] = lesion_counts.get(lesion.label, 0) + 1
-                bar.update(1)
+    jobs = [(split_id, split, i) for split_id, split in enumerate(_SPLITS) for i in range(counts[split])]
+    draw = functools.partial(_draw_volume, cfg, seed, multicoil, real)
+    with progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar, \
+            parallel_map(draw, jobs, workers) as volumes:
+        for (split_id, split, i), vol in zip(jobs, volumes):
+            fname = f"file{file_no + 1000 * split_id + i}"
+            layout_rng = subject_rng(seed, 2, split_id, i)
+            if split == "train" and i == 0:
+                first_patient = vol.attrs["patient_id"]
+            elif real and split == "train" and i == counts[split] - 1:  # a second scan of the first patient
+                vol.attrs["patient_id"] = first_patient
+            path = out / "fastmri" / f"{challenge}_{split}" / f"{fname}.h5"
+            if real and split == "test":
+                kspace, mask, attrs = _undersample(vol, layout_rng)
+                writers.write_fastmri_h5(path, kspace, None, attrs, vol.header, multicoil, mask=mask)
+            else:
+                writers.write_fastmri_h5(path, vol.kspace, vol.target, vol.attrs, vol.header, multicoil)
+                box_rows += boxes_from_masks(fname, vol.lesions, cfg.image_size)
+                if vol.lesions and vol.twin is not None:
+                    twins.write_twin(twins.twin_dir(out, f"{challenge}_{split}") / f"{fname}.h5", vol.twin,
+                                     [les.mask for les in vol.lesions], [les.label for les in vol.lesions],
+                                     [les.contrast for les in vol.lesions], vol.noise_sigma)
+            names[split].append(fname)
+            if vol.lesions:
+                with_lesion.append(fname)
+            for lesion in vol.lesions:
+                lesion_counts[lesion.label] = lesion_counts.get(lesion.label, 0) + 1
+            bar.update(1)
     n_boxes = len(box_rows)
     if real:
         box_rows += _quirk_rows(names, cfg.image_size, box_rows)
