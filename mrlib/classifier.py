@@ -346,7 +346,8 @@ def train_slice_classifier(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=5, factor=0.3, threshold=1e-4)
     config = {"lr": lr, "weight_decay": weight_decay, "seed": seed, "batch_size": batch_size, "shift": shift,
-              "sampling": "position-matched negatives", "precision": precision, "n_train_slices": len(items), "n_val_slices": len(y_val)}
+              "sampling": "position-matched negatives", "precision": precision,
+              "n_train_slices": len(items), "n_val_slices": len(y_val)}
     return fit(model, batches, step, validate, optimizer, epochs, out_dir, scheduler=scheduler,
                monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice MRNet",
                precision=precision)

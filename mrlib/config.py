@@ -59,6 +59,11 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
 
+#: one meaning of ``precision`` for the U-Net and the classifiers
+_PRECISION = ("training arithmetic: auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (also on a CPU: about 2x faster "
+              "with AMX, numbers then match only on the same kind of CPU) or fp32")
+
+
 @dataclass(frozen=True)
 class UnetConfig(_Config):
     """One U-Net run of chapter 5's ablation."""
@@ -73,8 +78,7 @@ class UnetConfig(_Config):
     unet_lr: float = _f(1e-3, "learning rate")
     optimizer: str = _f("adam", "adam or rmsprop (fastMRI's baseline)")
     lr_step: int = _f(0, "divide the learning rate by 10 every lr_step epochs; 0 never")
-    precision: str = _f("auto", "training arithmetic: auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (also on a "
-                                "CPU: about 2x faster with AMX, numbers then match only on the same kind of CPU) or fp32")
+    precision: str = _f("auto", _PRECISION)
     unet_steps_per_epoch: int = _f(0, "training steps per epoch, each epoch a fresh shuffle of the training slices; "
                                       "0: one whole pass")
     unet_batch_size: int = _f(8, "slices per training step (per process under torchrun)")
@@ -108,8 +112,7 @@ class ClassifierConfig(_Config):
     mrnet_input_size: int = _f(64, "input size; Bien et al. crop to 224, CPU presets use less")
     pretrained: bool = _f(False, "start from torchvision's ImageNet AlexNet weights (needs the internet)")
     decision_threshold: float = _f(0.5, "probability above which an exam is called positive")
-    precision: str = _f("auto", "training arithmetic: auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 (also on a "
-                                "CPU: about 2x faster with AMX, numbers then match only on the same kind of CPU) or fp32")
+    precision: str = _f("auto", _PRECISION)
     seed: int = _f(0, "seed of the splits, the initial weights and the exam order")
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, mps", identity=False)
 

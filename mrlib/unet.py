@@ -198,7 +198,8 @@ def train_run(
         train_weights=variant.weights(banks["train"], context),
         val_weights=variant.weights(banks["selection"], context),
         epochs=cfg.unet_epochs, lr=cfg.unet_lr, batch_size=cfg.unet_batch_size, optimizer=cfg.optimizer,
-        lr_step=cfg.lr_step, steps_per_epoch=cfg.unet_steps_per_epoch, precision=cfg.precision, seed=cfg.seed, resume=resume,
+        lr_step=cfg.lr_step, steps_per_epoch=cfg.unet_steps_per_epoch, precision=cfg.precision, seed=cfg.seed,
+        resume=resume,
         config={k: v for k, v in config.items() if k != "unet_epochs"}, progress=progress,
         dist=dist if distributed else None,
     )

@@ -201,7 +201,8 @@ def lesion_contrasts(manifest: Mapping[str, Any]):
     rows = []
     for stem, path in sorted(twin_files(manifest).items()):
         target = read_volume(index[stem])[1]
-        rows += [dict(file=stem, acquisition=acquisition.get(stem, ""), **r) for r in lesion_contrast(target, read_twin(path))]
+        rows += [dict(file=stem, acquisition=acquisition.get(stem, ""), **r)
+                 for r in lesion_contrast(target, read_twin(path))]
     return pd.DataFrame(rows, columns=["file", "acquisition", "label", "contrast", "cnr", "rose", "pixels"])
 
 
