@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -46,9 +47,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training steps run under bf16 autocast: ``auto`` on CUDA only, ``bf16``
-    everywhere (on a CPU with AMX about twice as fast for the U-Net; its numbers then match
-    only on the same kind of CPU), ``fp32`` never."""
+    """Whether training (its steps and its validation) runs under bf16 autocast: ``auto``
+    on CUDA only, ``bf16`` everywhere (on a CPU with AMX about twice as fast for the
+    U-Net; its numbers then match only on the same kind of CPU), ``fp32`` never."""
     if precision not in PRECISIONS:
         raise ParameterError("precision", f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
@@ -92,16 +93,11 @@ def parallel_map(func, items, workers: int = 0):
         return
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
         def results():
-            pending, rest = deque(), iter(items)
-            for item in rest:
-                pending.append(pool.submit(func, item))
-                if len(pending) >= 2 * n:
-                    break
+            rest = iter(items)
+            pending = deque(pool.submit(func, item) for item in itertools.islice(rest, 2 * n))
             while pending:
                 yield pending.popleft().result()
-                for item in rest:
-                    pending.append(pool.submit(func, item))
-                    break
+                pending.extend(pool.submit(func, item) for item in itertools.islice(rest, 1))
         yield results()
 
 
