@@ -15,7 +15,7 @@ from fastmri import evaluate
 from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 
-from .data.boxes import boxes_mask, window
+from .data.boxes import boxes_mask
 from .errors import DataError, ParameterError
 
 #: The reconstruction metrics per volume: fastMRI's, then the same inside the lesion boxes.
@@ -163,9 +163,11 @@ def roi_metrics(
 
         * ``roi_nmse`` and ``roi_psnr``: ``fastmri.evaluate.nmse`` / ``psnr`` of the pixels
           inside the union of all boxes of all annotated slices, pooled over the volume;
-        * ``roi_ssim``: the mean over boxes of ``structural_similarity`` (7 x 7 window,
-          ``data_range=maxval``) on each box's crop, a box smaller than 7 x 7 enlarged
-          symmetrically to 7 x 7 (:func:`mrlib.data.boxes.window`).
+        * ``roi_ssim``: fastMRI's SSIM map of each annotated slice, whole (skimage's
+          ``structural_similarity``, 7 x 7 window, ``data_range=maxval``), averaged over
+          the box pixels of the volume. A pixel's SSIM reads only the 7 x 7 window around
+          it, so the score depends on the box and a 3-pixel margin; computed on a small
+          box's crop instead, an 8 x 5 box would give only two windows.
 
         All three are NaN when the volume has no box with a pixel in the image.
     """
@@ -183,18 +185,14 @@ def roi_metrics(
         "roi_nmse": float(np.asarray(evaluate.nmse(g, p))) if np.any(g) else float("nan"),
         "roi_psnr": float(np.asarray(evaluate.psnr(g, p, maxval=maxval))),
     }
-    ssims = []
-    h, w = gt.shape[1:]
-    for s, boxes in boxes_by_slice.items():
-        for box in boxes:
-            win = window(box, (h, w), SSIM_WINDOW)
-            if win is None:
-                continue
-            y0, y1, x0, x1 = win
-            if min(y1 - y0, x1 - x0) < SSIM_WINDOW:
-                raise DataError("roi_metrics", f"the image ({h}x{w}) is smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
-            ssims.append(structural_similarity(gt[int(s), y0:y1, x0:x1], pred[int(s), y0:y1, x0:x1], data_range=maxval))
-    out["roi_ssim"] = float(np.mean(ssims))
+    if min(gt.shape[1:]) < SSIM_WINDOW:
+        raise DataError("roi_metrics", f"the image ({gt.shape[1]}x{gt.shape[2]}) is smaller than SSIM's "
+                                       f"{SSIM_WINDOW}x{SSIM_WINDOW} window")
+    total = 0.0
+    for s in np.flatnonzero(mask.any(axis=(1, 2))):
+        _, smap = structural_similarity(gt[s], pred[s], data_range=maxval, win_size=SSIM_WINDOW, full=True)
+        total += float(smap[mask[s]].sum())
+    out["roi_ssim"] = total / int(mask.sum())
     return out
 
 

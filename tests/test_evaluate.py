@@ -15,7 +15,6 @@ from skimage.metrics import structural_similarity
 from mrlib import evaluate as ev
 from mrlib.data import manifest as mf
 from mrlib.data import synth
-from mrlib.data.boxes import window
 from mrlib.errors import DataError, MrlibError, ParameterError
 from mrlib.masking import MaskSpec
 from mrlib.metrics import ROI_METRICS, SSIM_WINDOW, ZERO_FILLED, roi_metrics, volume_metrics
@@ -46,7 +45,11 @@ def test_volume_metrics_equal_fastmri_evaluate():
     roi = roi_metrics(gt, pred, whole)
     assert roi["roi_nmse"] == pytest.approx(got["nmse"], rel=1e-12)
     assert roi["roi_psnr"] == pytest.approx(got["psnr"], rel=1e-12)
-    assert roi["roi_ssim"] == pytest.approx(got["ssim"], rel=1e-12)
+    assert roi["roi_ssim"] == pytest.approx(np.mean([_ssim_map(gt, pred, s, gt.max()).mean() for s in range(gt.shape[0])]))
+
+
+def _ssim_map(gt, pred, s, maxval):
+    return structural_similarity(gt[s], pred[s], data_range=maxval, full=True)[1]
 
 
 def test_roi_metrics_are_fastmri_on_the_box_pixels():
@@ -57,25 +60,36 @@ def test_roi_metrics_are_fastmri_on_the_box_pixels():
     m[0, 6:14, 5:15] = m[2, 10:22, 20:29] = m[2, 25:33, 30:38] = True
     assert got["roi_nmse"] == pytest.approx(float(fm_eval.nmse(gt[m], pred[m])))
     assert got["roi_psnr"] == pytest.approx(float(fm_eval.psnr(gt[m], pred[m], gt.max())))
-    ssim = structural_similarity
-    want = np.mean([ssim(gt[0, 6:14, 5:15], pred[0, 6:14, 5:15], data_range=gt.max()),
-                    ssim(gt[2, 10:22, 20:29], pred[2, 10:22, 20:29], data_range=gt.max()),
-                    ssim(gt[2, 25:33, 30:38], pred[2, 25:33, 30:38], data_range=gt.max())])
+    # SSIM: the whole slice's map (7 x 7 windows), averaged over the box pixels of the volume
+    want = np.concatenate([_ssim_map(gt, pred, 0, gt.max())[m[0]], _ssim_map(gt, pred, 2, gt.max())[m[2]]]).mean()
     assert got["roi_ssim"] == pytest.approx(want)
+
+
+def test_roi_ssim_reads_the_box_and_a_three_pixel_margin():
+    gt, pred = _volume()
+    box = (14, 12, 8, 5)  # interior, 8 x 5: on its crop SSIM would have only two 7 x 7 windows
+    near = np.zeros(gt.shape, bool)
+    near[1, 12 - 3:12 + 5 + 3, 14 - 3:14 + 8 + 3] = True  # the box dilated by 3 px
+    same = np.where(near, gt, pred + 5.0)  # equal to the target there, anything elsewhere
+    assert roi_metrics(gt, same, {1: [box]})["roi_ssim"] == pytest.approx(1.0, abs=1e-12)
+    one = same.copy()
+    one[1, 14, 17] += 0.5 * gt.max()  # one pixel inside the box
+    assert roi_metrics(gt, one, {1: [box]})["roi_ssim"] < 0.99
+    outer = same.copy()
+    outer[1, 12 - 4, 14] += 0.5 * gt.max()  # one pixel just beyond the margin: not read
+    assert roi_metrics(gt, outer, {1: [box]})["roi_ssim"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_roi_metrics_read_only_the_boxes():
     gt, pred = _volume()
-    boxes = {1: [(10, 12, 9, 7, "a")], 2: [(3, 30, 4, 3, "small")]}  # the second is enlarged to 7x7 for SSIM
+    boxes = {1: [(10, 12, 9, 7, "a")], 2: [(3, 30, 4, 3, "small")]}
     base = roi_metrics(gt, pred, boxes)
     read = np.zeros(gt.shape, bool)
-    read[1, 12:19, 10:19] = True
-    y0, y1, x0, x1 = window(boxes[2][0], gt.shape[1:], SSIM_WINDOW)
-    assert (y1 - y0, x1 - x0) == (7, 7)
-    read[2, y0:y1, x0:x1] = True
+    read[1, 12 - 3:19 + 3, 10 - 3:19 + 3] = True  # each box and SSIM's 3-pixel margin
+    read[2, 30 - 3:33 + 3, 3 - 3:7 + 3] = True
     outside = pred.copy()
-    outside[~read] = 1000.0  # anything outside the boxes (and SSIM's 7x7 windows)
-    assert roi_metrics(gt, outside, boxes) == base
+    outside[~read] = 1000.0  # scipy's running-sum filter lets far values move the last digits only
+    assert roi_metrics(gt, outside, boxes) == pytest.approx(base, rel=1e-9)
     inside = pred.copy()
     inside[1, 14, 12] += 1.0  # one pixel inside a box
     changed = roi_metrics(gt, inside, boxes)
@@ -85,13 +99,11 @@ def test_roi_metrics_read_only_the_boxes():
     assert scaled["roi_psnr"] == pytest.approx(base["roi_psnr"] + 20 * np.log10(2))
 
 
-def test_ssim_window_stays_in_the_image():
-    assert SSIM_WINDOW == 7  # skimage's default window, which the ROI SSIM uses
-    assert window((0, 0, 2, 2), (40, 48), SSIM_WINDOW) == (0, 7, 0, 7)
-    assert window((46, 38, 2, 2), (40, 48), SSIM_WINDOW) == (33, 40, 41, 48)
-    assert window((10, 10, 3, 3), (40, 48), SSIM_WINDOW) == (8, 15, 8, 15)  # symmetric
-    assert window((60, 60, 3, 3), (40, 48), SSIM_WINDOW) is None  # outside
-    assert window((5, 6, 10, 8), (40, 48), SSIM_WINDOW) == (6, 14, 5, 15)  # large enough: the box itself
+def test_roi_ssim_needs_an_image_as_large_as_its_window():
+    gt, pred = _volume()
+    with pytest.raises(DataError, match="smaller than SSIM"):
+        roi_metrics(gt[:, :6, :6], pred[:, :6, :6], {0: [(1, 1, 2, 2)]})
+    assert SSIM_WINDOW == 7  # skimage's default window, which fastMRI's SSIM uses
 
 
 def test_volume_without_boxes_gives_nan_and_the_summary_says_so(capsys):

@@ -14,7 +14,7 @@ import torch
 
 from mrlib import classifier, variants
 from mrlib.config import UnetConfig
-from mrlib.data.boxes import Box, as_boxes, boxes_mask, crop_around, random_boxes, window
+from mrlib.data.boxes import Box, as_boxes, boxes_mask, crop_around, random_boxes
 from mrlib.errors import ParameterError
 from mrlib.masking import MaskSpec
 from mrlib.recon import load_bank
@@ -130,8 +130,6 @@ def test_box_is_one_validated_type():
     assert Box(10, 10, 2, 2).clip((4, 6)) is None
     mask = boxes_mask((4, 6), [(-2, 1, 5, 3), Box(5, 0, 4, 1)])
     assert mask.sum() == 3 * 3 + 1 and mask[0, 5] and not mask[0, 0]
-    assert window((0, 0, 2, 2), (40, 48), 7) == (0, 7, 0, 7)
-    assert window((46, 38, 2, 2), (40, 48), 7) == (33, 40, 41, 48)
     rows, cols = crop_around((30, 5, 4, 4), (40, 48), size=24)
     assert (rows.stop - rows.start, cols.stop - cols.start) == (24, 24) and cols.stop == 44
     moved = random_boxes(as_boxes([(0, 0, 3, 2)]), (10, 10), np.random.default_rng(0))

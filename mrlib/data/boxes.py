@@ -82,19 +82,6 @@ def grow(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, limit)
 
 
-def window(box, shape: tuple[int, int], size: int) -> tuple[int, int, int, int] | None:
-    """``(y0, y1, x0, x1)``: the box clipped to the image and grown to at least ``size`` x ``size``.
-
-    Where growing would cross the image edge the window is shifted inward; ``None`` for a
-    box with no pixel in the image.
-    """
-    clipped = Box.of(box).clip(shape)
-    if clipped is None:
-        return None
-    y0, y1, x0, x1 = clipped
-    return (*grow(y0, y1, size, int(shape[0])), *grow(x0, x1, size, int(shape[1])))
-
-
 def random_boxes(boxes: Iterable, shape: tuple[int, int], rng: np.random.Generator) -> list[Box]:
     """Boxes of the same sizes as ``boxes`` at uniformly random places inside ``shape``."""
     h, w = shape
