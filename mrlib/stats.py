@@ -9,14 +9,14 @@ difference and the Wilcoxon signed-rank test).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .errors import DataError, ParameterError
-from .metrics import HIGHER_IS_BETTER, METRICS, ROI_METRICS
+from .metrics import HIGHER_IS_BETTER, METRICS, ROI_METRICS, ZERO_FILLED, ZERO_FILLED_SEED
 
 #: The columns :func:`summarize` reads (the rows of :func:`mrlib.evaluate.evaluate`).
 REQUIRED = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
@@ -186,3 +186,162 @@ def cluster_bootstrap(values: Sequence[float], clusters: Sequence, n_boot: int =
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(v.mean()), float(low), float(high), len(groups)
+
+
+# --------------------------------------------------------------------------- the confirmatory design
+# (chapter 6): paired differences d(seed, volume) = arm - reference, a bootstrap over the
+# crossed design, a fixed test sequence, Holm for the rest, the minimal detectable effect.
+
+#: B of the two-way bootstrap and its fixed RNG seed (the interval is reproducible).
+N_BOOT = 10_000
+BOOT_SEED = 20_240_601
+TWO_WAY = ("two-way percentile bootstrap: seeds and volumes resampled independently with replacement "
+           f"(crossed design), B = {N_BOOT}")
+
+
+def two_way_bootstrap(d: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                      level: float = 0.95) -> dict[str, Any]:
+    """The mean of a ``(n_seeds, n_volumes)`` matrix of paired differences, with an interval
+    that carries both training variance (seeds) and volume variance.
+
+    Each replicate draws ``n_seeds`` rows and ``n_volumes`` columns with replacement,
+    independently (every seed is trained and scored on every volume: the design is crossed,
+    not nested), and takes the mean of the drawn cells.
+
+    Returns:
+        ``diff`` (the mean), ``ci`` ``[low, high]`` (percentile), ``se`` (the replicates'
+        standard deviation), ``p`` (two-sided: twice the smaller share of replicates on
+        either side of 0, at least ``1 / n_boot``), ``per_seed`` (each seed's mean over
+        volumes), ``n_seeds``, ``n_volumes``, ``interval_method``.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    if d.ndim != 2 or d.size == 0:
+        raise ParameterError("differences", f"expected a (seeds, volumes) matrix, got shape {d.shape}")
+    if not np.isfinite(d).all():
+        raise DataError("differences", "hold NaN or Inf: leave out volumes without the metric before the bootstrap")
+    if not 0 < level < 1:
+        raise ParameterError("level", f"must be between 0 and 1, got {level!r}")
+    n_s, n_v = d.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_s, size=(n_boot, n_s))
+    cols = rng.integers(0, n_v, size=(n_boot, n_v))
+    # mean of d[rows][:, cols] = mean over drawn rows of (row-wise mean over drawn columns)
+    reps = np.empty(n_boot)
+    for start in range(0, n_boot, 1000):
+        r, c = rows[start:start + 1000], cols[start:start + 1000]
+        reps[start:start + 1000] = d[r[:, :, None], c[:, None, :]].mean(axis=(1, 2))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(reps, [tail, 100 - tail])
+    p = min(1.0, max(2 * min((reps <= 0).mean(), (reps >= 0).mean()), 1 / n_boot))
+    return dict(diff=float(d.mean()), ci=[float(low), float(high)], se=float(reps.std(ddof=1)), p=float(p),
+                per_seed=[float(v) for v in d.mean(axis=1)], n_seeds=int(n_s), n_volumes=int(n_v),
+                interval_method=TWO_WAY)
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of ``p`` (same order): the k-th smallest of m p-values is
+    multiplied by ``m - k + 1``, made non-decreasing along the sorted order, capped at 1."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+        raise ParameterError("p", f"expected p-values in [0, 1], got {p!r}")
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * (len(p) - np.arange(len(p)))
+    out = np.empty_like(p)
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def mde(se: float, n_volumes: int, alpha: float = 0.05, power: float = 0.80) -> float:
+    """The minimal detectable effect of a two-sided test at ``alpha`` with ``power``:
+    ``(t[1 - alpha/2, df] + t[power, df]) * se`` with ``df = n_volumes - 1``."""
+    if n_volumes < 2:
+        return float("nan")
+    df = n_volumes - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def paired_matrix(df: pd.DataFrame, arm: str, reference: str, metric: str, acceleration: int) -> pd.DataFrame:
+    """``d(seed, volume) = metric(arm, seed, volume) - metric(reference, seed, volume)``, a
+    ``(seeds, volumes)`` frame; a reference without seeds (zero filling, seed -1) pairs with
+    every seed of the arm. Volumes without the metric (ROI metrics of a volume without a
+    box) are left out."""
+    at = df[df["acceleration"] == acceleration]
+    a = at[at["variant"] == arm].pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean")
+    r = at[at["variant"] == reference].pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean")
+    if a.empty or r.empty:
+        raise DataError("metrics", f"no rows of {arm if a.empty else reference!r} at {acceleration}x")
+    if list(r.index) == [ZERO_FILLED_SEED]:  # deterministic: the same for every seed of the arm
+        r = pd.DataFrame(np.repeat(r.to_numpy(), len(a), axis=0), index=a.index, columns=r.columns)
+    seeds = a.index.intersection(r.index)
+    vols = a.columns.intersection(r.columns)
+    d = a.loc[seeds, vols] - r.loc[seeds, vols]
+    return d.loc[:, d.notna().all(axis=0)]
+
+
+def comparison(df: pd.DataFrame, arm: str, reference: str, metric: str, acceleration: int,
+               **extra: Any) -> dict[str, Any]:
+    """One entry of ``summary.json``: the arm against the reference on one metric at one
+    acceleration, by :func:`two_way_bootstrap`, with its :func:`mde`."""
+    d = paired_matrix(df, arm, reference, metric, acceleration)
+    if d.empty:
+        raise DataError("metrics", f"{arm} and {reference} share no volume with {metric} at {acceleration}x")
+    boot = two_way_bootstrap(d.to_numpy())
+    entry = dict(variant=arm, reference=reference, metric=metric, acceleration=int(acceleration))
+    entry.update(boot)
+    entry["mde"] = mde(boot["se"], boot["n_volumes"])
+    entry.update(extra)
+    return entry
+
+
+#: The fixed sequence's level; the confirmatory p-values are not adjusted.
+ALPHA = 0.05
+
+
+def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
+                     strengths: Mapping[str, Mapping[str, float]] | None = None,
+                     metrics: Sequence[str] = ("psnr", "ssim", "roi_psnr", "roi_ssim")) -> dict[str, Any]:
+    """The confirmatory design of chapter 6 on the rows of :func:`mrlib.evaluate.evaluate`.
+
+    Args:
+        df: one row per (variant, acceleration, seed, volume).
+        declared: the preset's declaration (:func:`mrlib.presets.declaration`):
+            ``reference``, ``positive_control``, ``primary`` (variant keys), ``metric``,
+            ``acceleration`` and ``declared_in``.
+        strengths: per variant key, ``{"alpha", "weight_share"}`` (chapter 5's record).
+
+    Returns:
+        ``positive_control`` and ``primary``: :func:`comparison` entries with ``strength``,
+        ``declared_in``, ``tested`` and ``significant``. They are tested in this fixed
+        sequence at :data:`ALPHA`: the primary only if the positive control succeeded (its
+        interval above 0 and p < alpha), each p unadjusted. ``unet_vs_zero_filled``: the
+        reference against zero filling, per acceleration, on ``psnr`` and ``roi_psnr``.
+        ``exploratory``: every other arm x metric x acceleration against the reference, with
+        ``p_adjusted`` by :func:`holm` over all ``m`` of them.
+    """
+    strengths = strengths or {}
+    ref, metric, acc = declared["reference"], declared["metric"], int(declared["acceleration"])
+    where = str(declared.get("declared_in", ""))
+
+    def entry(arm: str, m: str, a: int, reference: str = ref) -> dict[str, Any]:
+        return comparison(df, arm, reference, m, a, strength=dict(strengths.get(arm, {})) or None, declared_in=where)
+
+    out: dict[str, Any] = {"alpha": ALPHA}
+    tested = True
+    for role in ("positive_control", "primary"):
+        e = entry(declared[role], metric, acc)
+        e["tested"] = tested
+        e["significant"] = bool(tested and e["p"] < ALPHA and e["ci"][0] > 0)
+        tested = e["significant"]
+        out[role] = e
+    accs = sorted(int(a) for a in df["acceleration"].unique())
+    out["unet_vs_zero_filled"] = [entry(ref, m, a, reference=ZERO_FILLED) for a in accs
+                                  for m in ("psnr", "roi_psnr") if m in df and df[m].notna().any()]
+    confirmatory = {(declared["positive_control"], metric, acc), (declared["primary"], metric, acc)}
+    arms = [v for v in dict.fromkeys(df["variant"]) if v not in (ref, ZERO_FILLED)]
+    rest = [entry(v, m, a) for v in arms for a in accs for m in metrics
+            if m in df and df[m].notna().any() and (v, m, a) not in confirmatory]
+    for e, p_adj in zip(rest, holm([e["p"] for e in rest])):
+        e["p_adjusted"] = float(p_adj)
+        e["m"] = len(rest)
+    out["exploratory"] = rest
+    return out

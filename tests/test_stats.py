@@ -1,0 +1,124 @@
+"""The confirmatory statistics of chapter 6 (mrlib.stats): the two-way bootstrap over seeds
+and volumes, Holm's adjustment, the minimal detectable effect and the paired matrix."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from mrlib import stats
+from mrlib.errors import DataError, ParameterError
+from mrlib.metrics import ZERO_FILLED, ZERO_FILLED_SEED
+
+
+def test_holm_known_answer():
+    got = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert got == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert stats.holm([]).size == 0
+    with pytest.raises(ParameterError, match="p-values"):
+        stats.holm([0.1, 1.5])
+
+
+def test_two_way_interval_carries_the_seed_variance():
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.5, 1.0, size=(3, 8))
+    base = stats.two_way_bootstrap(d)
+    shifted = stats.two_way_bootstrap(d + np.array([[-1.0], [0.0], [1.0]]))  # seed offsets of +-1 dB
+    width = lambda r: r["ci"][1] - r["ci"][0]  # noqa: E731
+    assert width(shifted) >= 1.5 * width(base)
+    assert shifted["diff"] == pytest.approx(base["diff"])  # the offsets cancel in the mean
+    assert base["per_seed"] == pytest.approx(d.mean(axis=1).tolist())
+    assert (base["n_seeds"], base["n_volumes"]) == (3, 8)
+    assert base["ci"][0] < base["diff"] < base["ci"][1]
+    assert stats.two_way_bootstrap(d) == base  # a fixed RNG seed: the same interval every time
+
+
+def test_two_way_bootstrap_p_and_edge_cases():
+    strong = stats.two_way_bootstrap(np.full((3, 10), 2.0) + np.linspace(-0.1, 0.1, 10))
+    assert strong["p"] == pytest.approx(1 / stats.N_BOOT) and strong["ci"][0] > 0
+    rng = np.random.default_rng(0)
+    null = stats.two_way_bootstrap(rng.normal(0, 1, (3, 40)) - 0.0)
+    assert null["p"] > 0.05 and null["ci"][0] < 0 < null["ci"][1]
+    with pytest.raises(DataError, match="NaN"):
+        stats.two_way_bootstrap(np.array([[1.0, np.nan]]))
+    with pytest.raises(ParameterError, match="matrix"):
+        stats.two_way_bootstrap(np.ones(5))
+
+
+def test_mde_is_t_quantiles_times_se():
+    assert stats.mde(0.2, 17) == pytest.approx((st.t.ppf(0.975, 16) + st.t.ppf(0.8, 16)) * 0.2)
+    assert np.isnan(stats.mde(0.2, 1))
+
+
+def _rows(values: dict, metric="roi_psnr", acc=8):
+    return pd.DataFrame([dict(variant=v, seed=s, volume=vol, acceleration=acc, **{metric: x})
+                         for (v, s, vol), x in values.items()])
+
+
+def test_paired_matrix_pairs_seed_with_seed_and_broadcasts_zero_filling():
+    vals = {("oracle", 0, "a"): 11.0, ("oracle", 1, "a"): 12.0, ("oracle", 0, "b"): 13.0, ("oracle", 1, "b"): 15.0,
+            ("unweighted", 0, "a"): 10.0, ("unweighted", 1, "a"): 10.5, ("unweighted", 0, "b"): 12.0,
+            ("unweighted", 1, "b"): 14.0, ("oracle", 0, "c"): np.nan, ("oracle", 1, "c"): np.nan,
+            ("unweighted", 0, "c"): np.nan, ("unweighted", 1, "c"): np.nan,
+            (ZERO_FILLED, ZERO_FILLED_SEED, "a"): 9.0, (ZERO_FILLED, ZERO_FILLED_SEED, "b"): 10.0,
+            (ZERO_FILLED, ZERO_FILLED_SEED, "c"): np.nan}
+    df = _rows(vals)
+    d = stats.paired_matrix(df, "oracle", "unweighted", "roi_psnr", 8)
+    assert list(d.columns) == ["a", "b"]  # c has no box: left out
+    assert d.to_numpy().tolist() == [[1.0, 1.0], [1.5, 1.0]]
+    z = stats.paired_matrix(df, "unweighted", ZERO_FILLED, "roi_psnr", 8)
+    assert z.to_numpy().tolist() == [[1.0, 2.0], [1.5, 4.0]]
+    entry = stats.comparison(df, "oracle", "unweighted", "roi_psnr", 8, declared_in="preset test")
+    assert entry["diff"] == pytest.approx(1.125) and entry["n_volumes"] == 2 and entry["n_seeds"] == 2
+    assert entry["declared_in"] == "preset test" and entry["mde"] > 0
+    with pytest.raises(DataError, match="no rows"):
+        stats.paired_matrix(df, "oracle", "unweighted", "roi_psnr", 4)
+
+
+def _study(oracle_gain: float, seed=0):
+    rng = np.random.default_rng(seed)
+    vols = [f"v{k}" for k in range(10)]
+    base = {v: rng.normal(20, 2) for v in vols}
+    gain = {"unweighted": 0.0, "oracle": oracle_gain, "gradcam": 0.0, "random": 0.0}
+    rows = []
+    for acc in (4, 8):
+        for v in vols:
+            rows.append(dict(variant=ZERO_FILLED, seed=ZERO_FILLED_SEED, volume=v, acceleration=acc,
+                             psnr=base[v] - 3, roi_psnr=base[v] - 4))
+            for arm, g in gain.items():
+                for s in range(3):
+                    rows.append(dict(variant=arm, seed=s, volume=v, acceleration=acc, psnr=base[v] + rng.normal(0, 0.1),
+                                     roi_psnr=base[v] - 2 + g + rng.normal(0, 0.2)))
+    return pd.DataFrame(rows)
+
+
+DECLARED = dict(reference="unweighted", positive_control="oracle", primary="gradcam", metric="roi_psnr",
+                acceleration=8, declared_in="preset test")
+
+
+def test_decisive_summary_tests_in_fixed_sequence():
+    out = stats.decisive_summary(_study(1.0), DECLARED, {"oracle": {"alpha": 50.0, "weight_share": 0.2}},
+                                 metrics=("psnr", "roi_psnr"))
+    pc, primary = out["positive_control"], out["primary"]
+    assert pc["variant"] == "oracle" and pc["acceleration"] == 8 and pc["metric"] == "roi_psnr"
+    assert pc["significant"] and pc["ci"][0] > 0 and pc["strength"] == {"alpha": 50.0, "weight_share": 0.2}
+    assert primary["tested"] and not primary["significant"] and primary["mde"] > 0
+    for key in ("diff", "ci", "p", "mde", "interval_method", "n_volumes", "n_seeds", "declared_in"):
+        assert key in pc and key in primary
+    # U-Net against zero filling: each acceleration, psnr and roi_psnr, 3 seeds
+    zf = {(e["acceleration"], e["metric"]): e for e in out["unet_vs_zero_filled"]}
+    assert set(zf) == {(4, "psnr"), (4, "roi_psnr"), (8, "psnr"), (8, "roi_psnr")}
+    assert zf[(8, "psnr")]["diff"] == pytest.approx(3.0, abs=0.1) and zf[(8, "psnr")]["n_seeds"] == 3
+    # every other comparison is exploratory and Holm-adjusted over all m of them
+    ex = out["exploratory"]
+    assert len(ex) == 3 * 2 * 2 - 2 and all(e["m"] == len(ex) for e in ex)
+    assert all(e["p_adjusted"] >= e["p"] for e in ex)
+    assert ("oracle", "roi_psnr", 8) not in {(e["variant"], e["metric"], e["acceleration"]) for e in ex}
+
+
+def test_a_failed_positive_control_stops_the_sequence():
+    out = stats.decisive_summary(_study(0.0), DECLARED, metrics=("roi_psnr",))
+    assert not out["positive_control"]["significant"]
+    assert out["primary"]["tested"] is False and out["primary"]["significant"] is False
+    assert out["primary"]["strength"] is None
