@@ -82,7 +82,9 @@ class UnetConfig(_Config):
     unet_steps_per_epoch: int = _f(0, "training steps per epoch, each epoch a fresh shuffle of the training slices; "
                                       "0: one whole pass")
     unet_batch_size: int = _f(8, "slices per training step (per process under torchrun)")
-    weight_rule: str = _f("linear", "heatmap to weight for the gradcam variant: linear or threshold")
+    weight_rule: str = _f("linear", "heatmap to weight for the gradcam and shuffled variants: linear, threshold, or "
+                                     "matched (the threshold whose region covers the true boxes' area on the training "
+                                     "bank's lesion slices)")
     alpha: float = _f(4.0, "up-weighting strength of the weighted variants")
     threshold: float = _f(0.5, "heatmap threshold of the threshold rule")
     cam_method: str = _f("gradcam", "which chapter-4 map weights the gradcam variant")

@@ -31,7 +31,7 @@ from .recon import Bank, load_bank
 from .rundir import CheckpointDir, RunDir
 from .runtime import seed_everything
 from .train import fit
-from .variants import LossVariant, WeightContext, make_variant
+from .variants import LossVariant, WeightContext, make_variant, weight_stats
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
@@ -193,9 +193,11 @@ def train_run(
     if distributed:  # a DDP run is another experiment: it must not resume a single-process one
         config["world_size"] = dist.world_size
     context = WeightContext(context.boxes, context.heatmaps, cfg.seed)
+    fitted = variant.prepare(banks["train"], context)
+    train_weights = variant.weights(banks["train"], context)
     history = train_unet(
         net, banks["train"], banks["selection"], mask_spec, variant, ckpts,
-        train_weights=variant.weights(banks["train"], context),
+        train_weights=train_weights,
         val_weights=variant.weights(banks["selection"], context),
         epochs=cfg.unet_epochs, lr=cfg.unet_lr, batch_size=cfg.unet_batch_size, optimizer=cfg.optimizer,
         lr_step=cfg.lr_step, steps_per_epoch=cfg.unet_steps_per_epoch, precision=cfg.precision, seed=cfg.seed,
@@ -203,6 +205,8 @@ def train_run(
         config={k: v for k, v in config.items() if k != "unet_epochs"}, progress=progress,
         dist=dist if distributed else None,
     )
+    # what the weights did on the training bank's lesion slices: the strength as a weight share
+    config = {**config, **fitted, **weight_stats(train_weights, banks["train"], context)}
     if main:
         ckpts.write_config(config)
         if isinstance(out, RunDir):

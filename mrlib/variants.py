@@ -31,20 +31,23 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 
 from .cam import gate_maps, heatmap_info, read_heatmaps
 from .data.annotations import boxes_for
-from .data.boxes import random_boxes
+from .data.boxes import Box, as_boxes, boxes_mask
 from .errors import DataError, ParameterError
 from .losses import box_weight_map, weight_map, weighted_mse
 
 
 class SliceSet(Protocol):
-    """What a variant needs of a bank: each slice's file stem and number, and the image size."""
+    """What a variant needs of a bank: each slice's file stem and number, the image size and
+    the fully sampled targets ``(N, H, W)``."""
 
     files: Sequence[str]
     slice_nums: Sequence[int]
     crop: tuple[int, int]
+    target: torch.Tensor
 
     def __len__(self) -> int: ...
 
@@ -122,6 +125,11 @@ class LossVariant:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key}>"
 
+    def prepare(self, bank: SliceSet, context: WeightContext) -> dict[str, Any]:
+        """Fit what the variant chooses on the training bank before any :meth:`weights`
+        (e.g. a threshold); return what the run should record of it (default: nothing)."""
+        return {}
+
     def weights(self, bank: SliceSet, context: WeightContext) -> torch.Tensor | None:
         """Per-slice loss weights ``(len(bank), H, W)``, or ``None`` for uniform weights."""
         return None
@@ -147,21 +155,116 @@ class GradCAM(LossVariant):
     params = {"alpha": 4.0, "weight_rule": "linear", "threshold": 0.5, "cam_method": "gradcam",
               "roi_source": "fastmri", "gate": False}
 
-    def weights(self, bank, context):
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.tau: float | None = None  # the "matched" rule's threshold, fitted by prepare()
+
+    def maps(self, bank: SliceSet, context: WeightContext) -> np.ndarray:
+        """The (gated) heatmap of every slice of ``bank``: float32 ``(len(bank), H, W)`` in [0, 1]."""
         v = self.values
         path = context.heatmap_file(v["roi_source"])
         tau = heatmap_info(path)["tau"] if v["gate"] else float("nan")
         if v["gate"] and not np.isfinite(tau):
             raise DataError(path, "holds no gate threshold tau: gate=True needs a per-slice (fastmri) ROI source")
-        weights = np.ones((len(bank), *bank.crop), dtype=np.float32)
+        out = np.zeros((len(bank), *bank.crop), dtype=np.float32)
         cache: dict[str, np.ndarray] = {}
         for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
             if stem not in cache:
                 cache[stem] = gate_maps(*read_heatmaps(path, v["cam_method"], stem, shape=bank.crop), tau)
             if s >= cache[stem].shape[0]:
                 raise DataError(path, f"has {cache[stem].shape[0]} slices of {stem}; slice {s} is needed")
-            weights[i] = weight_map(cache[stem][s], rule=v["weight_rule"], alpha=v["alpha"], threshold=v["threshold"])
-        return torch.from_numpy(weights)
+            out[i] = cache[stem][s]
+        return out
+
+    def prepare(self, bank, context):
+        if self.values["weight_rule"] != "matched":
+            return {}
+        self.tau = matched_threshold(self.maps(bank, context), box_masks(bank, context))
+        return {"matched_threshold": self.tau}
+
+    def weights(self, bank, context):
+        v = self.values
+        maps = self.maps(bank, context)
+        if v["weight_rule"] == "matched":
+            if self.tau is None:
+                raise ParameterError("variant", f"{self.key}: the matched rule's threshold is fitted by prepare() "
+                                                "on the training bank first")
+            return torch.from_numpy(weight_map(maps, rule="threshold", alpha=v["alpha"], threshold=self.tau))
+        return torch.from_numpy(weight_map(maps, rule=v["weight_rule"], alpha=v["alpha"], threshold=v["threshold"]))
+
+
+class Shuffled(GradCAM):
+    name = "shuffled"
+    description = ("the Grad-CAM arm's weights, each slice given the map of a slice of another volume with the same "
+                   "gate state: the right weight histogram in the wrong place (Grad-CAM's control)")
+
+    def weights(self, bank, context):
+        w = super().weights(bank, context)
+        gated_on = w.flatten(1).amax(dim=1) > 1
+        perm = cross_volume_derangement(bank.files, gated_on.numpy(), np.random.default_rng([context.seed, 1]))
+        return w[torch.from_numpy(perm)]
+
+
+def cross_volume_derangement(files: Sequence[str], groups: Sequence, rng: np.random.Generator) -> np.ndarray:
+    """``perm`` with ``perm[i]`` a slice of another volume than slice ``i`` and of the same
+    group (e.g. gate state): within each group the volumes are put in a random order, their
+    slices in a random order, and the list is rotated by its largest volume's count.
+
+    Raises:
+        DataError: a group where one volume holds more than half the slices (no such
+            permutation exists).
+    """
+    files, groups = np.asarray(files), np.asarray(groups)
+    perm = np.arange(len(files))
+    for g in dict.fromkeys(groups.tolist()):
+        idx = np.flatnonzero(groups == g)
+        stems = rng.permutation(list(dict.fromkeys(files[idx].tolist())))
+        order = np.concatenate([rng.permutation(idx[files[idx] == stem]) for stem in stems])
+        largest = max(int((files[idx] == stem).sum()) for stem in stems)
+        if 2 * largest > len(idx):
+            raise DataError("shuffled", f"one volume holds {largest} of the {len(idx)} slices of a gate state: "
+                                        "no slice order gives every slice another volume's map")
+        perm[order] = np.roll(order, -largest)
+    return perm
+
+
+def box_masks(bank: SliceSet, context: WeightContext) -> np.ndarray:
+    """The true lesion boxes of every slice of ``bank`` as a boolean ``(len(bank), H, W)``."""
+    if context.boxes is None:
+        raise DataError("annotations", "this variant needs the lesion boxes (annotations/knee.csv)")
+    return np.stack([boxes_mask(bank.crop, boxes_for(context.boxes, stem, int(s)))
+                     for stem, s in zip(bank.files, bank.slice_nums)])
+
+
+def matched_threshold(maps: np.ndarray, boxes: np.ndarray) -> float:
+    """The threshold ``tau`` on the maps for which the region ``map >= tau`` covers, on
+    average over the slices that hold a box, as many pixels as their true boxes do.
+
+    Args:
+        maps: ``(N, H, W)`` in [0, 1]; boxes: boolean ``(N, H, W)``.
+    """
+    lesion = boxes.any(axis=(1, 2))
+    if not lesion.any():
+        raise DataError("annotations", "no slice of the training bank holds a lesion box: nothing to match")
+    area = boxes[lesion].sum() / lesion.sum()
+    values = np.sort(maps[lesion].ravel())[::-1]
+    k = int(round(area * lesion.sum()))  # the same number of pixels over the lesion slices
+    return float(values[min(max(k, 1), values.size) - 1])
+
+
+def weight_stats(weights: torch.Tensor | None, bank: SliceSet, context: WeightContext) -> dict[str, float]:
+    """What a variant's weights do on the lesion slices of ``bank``: ``mean_weight`` (per
+    pixel) and ``weight_share``, the sum of the weights inside the true lesion boxes over the
+    sum of all weights (uniform weights give the boxes' area share). ``None`` without boxes."""
+    if context.boxes is None:
+        return {"mean_weight": None, "weight_share": None}
+    boxes = box_masks(bank, context)
+    lesion = boxes.any(axis=(1, 2))
+    if not lesion.any():
+        return {"mean_weight": None, "weight_share": None}
+    w = np.ones(boxes.shape, np.float32) if weights is None else weights.cpu().numpy()
+    w, b = w[lesion].astype(np.float64), boxes[lesion]
+    return {"mean_weight": float(w.mean()), "weight_share": float(w[b].sum() / w.sum())}
 
 
 class _BoxVariant(LossVariant):
@@ -169,7 +272,8 @@ class _BoxVariant(LossVariant):
 
     params = {"alpha": 4.0}
 
-    def place(self, boxes: list, shape: tuple[int, int], rng: np.random.Generator) -> list:
+    def place(self, boxes: list, bank: SliceSet, index: int, rng: np.random.Generator) -> list:
+        """The boxes to up-weight on slice ``index`` of ``bank``, whose true boxes are ``boxes``."""
         raise NotImplementedError
 
     def weights(self, bank, context):
@@ -180,7 +284,7 @@ class _BoxVariant(LossVariant):
         for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
             boxes = boxes_for(context.boxes, stem, int(s))
             if boxes:
-                weights[i] = box_weight_map(bank.crop, self.place(boxes, bank.crop, rng), self.values["alpha"])
+                weights[i] = box_weight_map(bank.crop, self.place(boxes, bank, i, rng), self.values["alpha"])
         return torch.from_numpy(weights)
 
 
@@ -188,16 +292,42 @@ class Oracle(_BoxVariant):
     name = "oracle"
     description = "MSE up-weighted inside the true lesion boxes: the best an ROI weighting could do"
 
-    def place(self, boxes, shape, rng):
+    def place(self, boxes, bank, index, rng):
         return boxes
 
 
 class Random(_BoxVariant):
     name = "random"
-    description = "MSE up-weighted inside boxes of the true sizes at random places: the oracle's control"
+    description = ("MSE up-weighted inside boxes of the true count and sizes, on the same slices, at random places "
+                   "inside the knee that miss the true boxes: the oracle's control")
 
-    def place(self, boxes, shape, rng):
-        return random_boxes(boxes, shape, rng)
+    def place(self, boxes, bank, index, rng):
+        return boxes_in_foreground(boxes, bank.target[index].cpu().numpy(), rng)
+
+
+def boxes_in_foreground(boxes: Sequence, image: np.ndarray, rng: np.random.Generator, tries: int = 1000) -> list[Box]:
+    """Boxes of the sizes of ``boxes`` placed in ``image`` ``(H, W)``: each centre uniform over
+    the foreground (pixels above a tenth of the maximum) eroded by the box, so the whole
+    box lies in the knee; a draw that overlaps a true box (or one placed before) is drawn
+    again."""
+    true = as_boxes(boxes)
+    taken = boxes_mask(image.shape, true)
+    fg = image > 0.1 * image.max()
+    out = []
+    for box in true:
+        inside = ndimage.binary_erosion(fg, np.ones((box.height, box.width), bool))
+        ys, xs = np.nonzero(inside)
+        for _ in range(tries if len(ys) else 0):
+            k = int(rng.integers(len(ys)))
+            cand = Box(int(xs[k]) - box.width // 2, int(ys[k]) - box.height // 2, box.width, box.height, box.label)
+            if not boxes_mask(image.shape, [cand])[taken].any():
+                break
+        else:
+            raise DataError("random", f"found no place inside the knee for a {box.width} x {box.height} box that "
+                                      "misses the true boxes")
+        out.append(cand)
+        taken |= boxes_mask(image.shape, [cand])
+    return out
 
 
 class L1(LossVariant):

@@ -14,7 +14,7 @@ import torch
 
 from mrlib import classifier, variants
 from mrlib.config import UnetConfig
-from mrlib.data.boxes import Box, as_boxes, boxes_mask, crop_around, random_boxes
+from mrlib.data.boxes import Box, boxes_mask, crop_around
 from mrlib.errors import ParameterError
 from mrlib.masking import MaskSpec
 from mrlib.recon import load_bank
@@ -85,12 +85,20 @@ def test_loss_and_recorded_loss_of_each_variant():
     assert [make_variant(n).loss_name for n in ("unweighted", "l1", "oracle")] == ["mse", "l1", "weighted_mse"]
 
 
+def _knee(h=16, w=20):
+    """A bright block (the knee) on a dark background: rows 1-14, columns 1-18."""
+    image = np.zeros((h, w), np.float32)
+    image[1:15, 1:19] = 1.0
+    return image
+
+
 class _Bank:
-    """The two slices a variant needs to know: their files, slice numbers and image size."""
+    """The slices a variant needs to know: their files, slice numbers, image size and targets."""
 
     files = ["file1", "file1", "file2"]
     slice_nums = np.array([0, 1, 0])
     crop = (16, 20)
+    target = torch.from_numpy(np.stack([_knee()] * 3))
 
     def __len__(self):
         return 3
@@ -99,7 +107,7 @@ class _Bank:
 BOXES = pd.DataFrame([dict(file="file1", slice=1, x=2, y=3, width=4, height=5, label="tear")])
 
 
-def test_oracle_weights_the_true_boxes_and_random_the_same_area_elsewhere():
+def test_oracle_weights_the_true_boxes_and_random_the_same_area_elsewhere_in_the_knee():
     oracle = make_variant("oracle[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=0))
     assert oracle.shape == (3, 16, 20)
     assert torch.all(oracle[[0, 2]] == 1)  # slices without a box weigh 1
@@ -108,9 +116,69 @@ def test_oracle_weights_the_true_boxes_and_random_the_same_area_elsewhere():
     again = make_variant("random[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=0))
     other = make_variant("random[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES, seed=1))
     assert torch.equal(rand, again) and rand[1].sum() == oracle[1].sum()  # deterministic, same area
+    assert torch.all(rand[[0, 2]] == 1)  # the same slices as the true boxes
     assert not torch.equal(rand, other)  # the seed moves the boxes
     with pytest.raises(Exception, match="lesion boxes"):
         make_variant("oracle").weights(_Bank(), WeightContext())
+
+
+def test_random_boxes_lie_in_the_knee_and_miss_the_true_boxes():
+    image = _knee(40, 48)
+    true = [Box(10, 12, 6, 5, "tear"), Box(30, 20, 4, 4, "edema")]
+    truth = boxes_mask(image.shape, true)
+    for seed in range(30):
+        placed = variants.boxes_in_foreground(true, image, np.random.default_rng(seed))
+        assert [(b.width, b.height) for b in placed] == [(6, 5), (4, 4)]
+        m = boxes_mask(image.shape, placed)
+        assert m.sum() == 6 * 5 + 4 * 4  # inside the image, not overlapping each other
+        assert not (m & truth).any() and np.all(image[m] > 0)  # in the knee, away from the true boxes
+    with pytest.raises(Exception, match="no place inside the knee"):
+        variants.boxes_in_foreground([Box(0, 0, 30, 30)], image, np.random.default_rng(0))
+
+
+def test_shuffled_keeps_the_weights_and_moves_every_map_to_another_volume(monkeypatch):
+    files = np.repeat(["a", "b", "c", "d"], [3, 2, 4, 3])
+    gate = np.array([1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0], bool)
+
+    class Bank:
+        crop = (4, 5)
+        slice_nums = np.concatenate([np.arange(n) for n in (3, 2, 4, 3)])
+
+        def __len__(self):
+            return len(files)
+    Bank.files = list(files)
+    maps = np.zeros((len(files), 4, 5), np.float32)
+    for i in np.flatnonzero(gate):
+        maps[i].flat[i % 20] = 1.0  # each gated-on slice's map is its own
+        maps[i, 3, 4] = 0.1 * (i + 1)
+    monkeypatch.setattr(variants.GradCAM, "maps", lambda self, bank, context: maps)
+    cam = make_variant("gradcam[alpha=4]").weights(Bank(), WeightContext(seed=0))
+    shuffled = make_variant("shuffled[alpha=4]").weights(Bank(), WeightContext(seed=0))
+    assert torch.equal(cam.flatten().sort().values, shuffled.flatten().sort().values)  # the whole bank's weights
+    source = [int(np.flatnonzero((cam == shuffled[i]).flatten(1).all(dim=1))[0]) for i in range(len(files))]
+    for i, j in enumerate(source):
+        assert gate[i] == gate[j]  # the same gate state
+        if gate[i]:
+            assert files[i] != files[j]  # a map from another volume
+    perm = variants.cross_volume_derangement(files, gate, np.random.default_rng(0))
+    assert sorted(perm) == list(range(len(files))) and all(files[perm] != files)
+    assert not np.array_equal(perm, variants.cross_volume_derangement(files, gate, np.random.default_rng(1)))
+    with pytest.raises(Exception, match="no slice order"):
+        variants.cross_volume_derangement(["a", "a", "a", "b"], [0, 0, 0, 0], np.random.default_rng(0))
+
+
+def test_matched_threshold_gives_the_true_boxes_area_and_weight_share_its_formula():
+    rng = np.random.default_rng(0)
+    maps = rng.random((6, 16, 20)).astype(np.float32)
+    boxes = np.zeros((6, 16, 20), bool)
+    boxes[1, 2:6, 3:8] = boxes[4, 0:3, 0:3] = True  # 20 and 9 pixels on two lesion slices
+    tau = variants.matched_threshold(maps, boxes)
+    assert (maps[[1, 4]] >= tau).sum() == 29  # the region covers as many pixels as the boxes
+    share = variants.weight_stats(make_variant("oracle[alpha=3]").weights(_Bank(), WeightContext(boxes=BOXES)),
+                                  _Bank(), WeightContext(boxes=BOXES))
+    a = 20 / (16 * 20)  # the box's area share on its one lesion slice
+    assert share["weight_share"] == pytest.approx((1 + 3) * a / (1 + 3 * a))
+    assert variants.weight_stats(None, _Bank(), WeightContext(boxes=BOXES))["weight_share"] == pytest.approx(a)
 
 
 def test_exam_sources_are_a_registry():
@@ -132,5 +200,3 @@ def test_box_is_one_validated_type():
     assert mask.sum() == 3 * 3 + 1 and mask[0, 5] and not mask[0, 0]
     rows, cols = crop_around((30, 5, 4, 4), (40, 48), size=24)
     assert (rows.stop - rows.start, cols.stop - cols.start) == (24, 24) and cols.stop == 44
-    moved = random_boxes(as_boxes([(0, 0, 3, 2)]), (10, 10), np.random.default_rng(0))
-    assert [(b.width, b.height) for b in moved] == [(3, 2)] and 0 <= moved[0].x <= 7 and 0 <= moved[0].y <= 8

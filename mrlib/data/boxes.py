@@ -82,16 +82,6 @@ def grow(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, limit)
 
 
-def random_boxes(boxes: Iterable, shape: tuple[int, int], rng: np.random.Generator) -> list[Box]:
-    """Boxes of the same sizes as ``boxes`` at uniformly random places inside ``shape``."""
-    h, w = shape
-    out = []
-    for box in as_boxes(boxes):
-        bw, bh = min(box.width, w), min(box.height, h)
-        out.append(Box(int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1)), bw, bh))
-    return out
-
-
 def crop_around(box, shape: tuple[int, int], size: int = 24) -> tuple[slice, slice]:
     """``(rows, cols)`` slices of a ``size`` x ``size`` window (at least the box) centred on a box, inside the image."""
     b = Box.of(box)
