@@ -36,7 +36,7 @@ from .models import build_unet
 from .recon import SliceBank, load_bank, reconstruct, reconstruct_kspace, zero_filled_volume
 from .rundir import RunDir, as_run_dir
 from .runtime import pick_device, progress_bar
-from .stats import summarize
+from .stats import decisive_summary, summarize
 from .submission import FolderWriter, score_folder, write_folder
 from .train import load_weights
 
@@ -335,10 +335,16 @@ def evaluate_run(
     batch_size: int = 16,
     progress: bool = True,
     save_variants: Iterable[str] = (),
+    declared: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Chapter 6's computation: :func:`evaluate`, :func:`mrlib.stats.summarize`, and both
     written to the run directory when ``write`` (``mrlib evaluate RUN`` calls this too),
     with the reconstructions of ``save_variants`` (first seed) in fastMRI's layout.
+
+    With ``declared`` (:func:`mrlib.pipeline.declared_comparisons`), the summary also holds
+    the confirmatory entries of :func:`mrlib.stats.decisive_summary` (``positive_control``,
+    ``primary``, ``unet_vs_zero_filled``, ``exploratory``), each arm's strength read from
+    chapter 5's registry (:func:`strengths`).
 
     Returns ``(metrics per volume, summary)``.
     """
@@ -346,9 +352,24 @@ def evaluate_run(
     df = evaluate(rd, variants or None, device=device, batch_size=batch_size, progress=progress,
                   save_variants=save_variants if write else ())
     summary = summarize(df, reference=reference)
+    if declared:
+        summary.update(decisive_summary(df, declared, strengths(rd.read_registry())))
     if write:
         rd.write_evaluation(df, summary)
     return df, summary
+
+
+def strengths(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each variant's weighting strength, from chapter 5's registry: ``alpha`` and
+    ``weight_share`` (the share of the loss weight inside the true boxes on the training
+    bank's lesion slices, :func:`mrlib.variants.weight_stats`; the mean over seeds)."""
+    out: dict[str, dict[str, float]] = {}
+    for key in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == key]
+        shares = [r["weight_share"] for r in mine if r.get("weight_share") is not None]
+        out[key] = {"alpha": float(mine[0].get("alpha", 0.0)),
+                    "weight_share": float(np.mean(shares)) if shares else None}
+    return out
 
 
 def final_losses(run_dir: str | Path, runs: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:

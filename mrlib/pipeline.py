@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from .artifacts import write_text
 from .errors import MrlibError, ParameterError
-from .presets import get_preset
+from .presets import DECLARED, get_preset
 from .rundir import NOTEBOOKS, RunDir, relative_path
 from .runtime import HEADLESS_ENV
+from .variants import make_variant
 
 #: Parameters the runner sets itself, from the command's options, not from ``-p``.
 PATH_PARAMETERS = {"preset": "--preset", "run_dir": "--run-dir", "data_dir": "--data"}
@@ -139,6 +140,49 @@ def preset_parameters(preset: str, overrides: Iterable[str] = (),
 def flat_parameters(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One dict of every notebook's parameters (a name means one thing in every notebook)."""
     return {k: v for nb_params in params.values() for k, v in nb_params.items()}
+
+
+def declaration(preset: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """What ``parameters`` (one flat dict) declare for chapter 6 (:data:`mrlib.presets.DECLARED`),
+    with ``declared_in`` naming the preset."""
+    return {**{k: parameters[k] for k in DECLARED if k in parameters}, "declared_in": f"preset {preset}"}
+
+
+def declared_comparisons(rd: RunDir, current: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The confirmatory design of a run, checked against its preset.
+
+    Args:
+        current: declared parameters as the caller (chapter 6) has them now; each must
+            equal the run's record too.
+
+    Returns:
+        ``(declared, problems)``. ``declared`` holds the reference, the arms' variant keys
+        as chapter 5 names their runs (``positive_control``, ``primary``), ``metric``,
+        ``acceleration`` and ``declared_in``; it is ``None`` when the run has no record of its
+        declaration or its record differs from the preset's, and ``problems`` says why
+        (each differing parameter with both values).
+    """
+    if not rd.stamp.is_file():
+        return None, [f"{rd.stamp} is missing: the run was not started by `python -m mrlib run`, so nothing was "
+                      "declared before it"]
+    stamp = rd.read_stamp()
+    recorded = stamp.get("declared")
+    if not recorded:
+        return None, [f"{rd.stamp} records no declaration (a run started before declarations were recorded)"]
+    preset = stamp.get("preset", "")
+    want = declaration(preset, flat_parameters(preset_parameters(preset)))
+    problems = [f"{k}: the preset declares {want[k]!r}, this run used {recorded.get(k)!r}"
+                for k in want if recorded.get(k) != want[k]]
+    problems += [f"{k}: the run declared {recorded.get(k)!r} when it started, chapter 6 now asks for {v!r}"
+                 for k, v in (current or {}).items() if recorded.get(k) != v]
+    if problems:
+        return None, problems
+    params = stamp.get("parameters", {})
+    return {"reference": "unweighted",
+            "positive_control": make_variant(recorded["positive_control"], params).key,
+            "primary": make_variant(recorded["primary"], params).key,
+            "metric": recorded["primary_metric"], "acceleration": int(recorded["primary_acceleration"]),
+            "declared_in": recorded["declared_in"]}, []
 
 
 def kernel_cwd(run_dir: Path) -> Path:
@@ -255,7 +299,7 @@ def claim_run_dir(
         raise MrlibError(run_dir, f"is not empty and holds no {rd.STAMP}; choose an empty or new --run-dir")
     else:
         finished = []
-    stamp = {**new, "finished": finished}
+    stamp = {**new, "declared": declaration(preset, new["parameters"]), "finished": finished}
     rd.write_stamp(stamp)
     return stamp
 

@@ -65,6 +65,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The parameters that declare chapter 6's confirmatory comparisons before the run: the
+#: primary and positive-control arms, their metric and acceleration, and what sets the arms'
+#: strength and maps. A run records them in ``run.json`` when it starts; chapter 6 reports
+#: the confirmatory tests only when they equal its preset's (:func:`mrlib.pipeline.declared_comparisons`).
+DECLARED = ("primary", "positive_control", "primary_metric", "primary_acceleration", "alpha", "weight_rule",
+            "threshold", "cam_method", "cam_layer", "roi_source", "gate")
+
+
 def get_preset(name: str) -> dict[str, Any]:
     """Return a deep copy of preset ``name``; raise :class:`ParameterError` if unknown."""
     if name not in PRESETS:

@@ -93,3 +93,73 @@ def comparison_sentences(summary: Mapping[str, Any], metrics: Sequence[str] | No
         p = f"Wilcoxon p = {_fmt(c['p_wilcoxon'], 3)}" + (f"; {c['note']}" if c["note"] else "")
         out.append(f"{head}; {verdict} ({p}).")
     return out
+
+
+# --------------------------------------------------------------------------- the confirmatory answer
+
+def _metric_name(metric: str) -> str:
+    return metric.upper().replace("ROI_", "ROI ")
+
+
+def _strength(e: Mapping[str, Any]) -> str:
+    s = e.get("strength") or {}
+    if s.get("alpha") is None:
+        return ""
+    share = s.get("weight_share")
+    return f" (α = {s['alpha']:g}" + (f", {share:.1%} of the loss weight in the lesion boxes)" if share is not None
+                                      else ")")
+
+
+def _entry_text(e: Mapping[str, Any]) -> str:
+    digits = _DIGITS.get(e["metric"], 3)
+    return (f"{_interval(e['diff'], *e['ci'], digits, sign=True)} dB"
+            if e["metric"] in ("psnr", "roi_psnr") else _interval(e["diff"], *e["ci"], digits, sign=True))
+
+
+def confirmatory_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """The two confirmatory comparisons and the U-Net against zero filling, one row each:
+    arm, reference, metric, acceleration, difference with its 95 % interval, p, MDE, n."""
+    rows = []
+    entries = [("positive control", summary["positive_control"]), ("primary", summary["primary"])]
+    entries += [("U-Net vs zero filling", e) for e in summary.get("unet_vs_zero_filled", [])]
+    for role, e in entries:
+        digits = _DIGITS.get(e["metric"], 3)
+        rows.append({"comparison": role, "arm": e["variant"], "reference": e["reference"],
+                     "metric": _metric_name(e["metric"]), "acceleration": f"{e['acceleration']}x",
+                     "difference [95% interval]": _interval(e["diff"], *e["ci"], digits, sign=True),
+                     "p": _fmt(e["p"], 4), "MDE": _fmt(e["mde"], digits),
+                     "volumes": e["n_volumes"], "seeds": e["n_seeds"],
+                     "result": ("significant" if e.get("significant") else
+                                "not tested" if e.get("tested") is False else
+                                "not significant" if "tested" in e else "")})
+    return pd.DataFrame(rows)
+
+
+def answer_paragraph(summary: Mapping[str, Any]) -> str:
+    """The experiment's answer in one paragraph, computed from the confirmatory entries of
+    ``summary`` (:func:`mrlib.stats.decisive_summary`): the positive control, then the primary
+    comparison with its interval, unadjusted p and minimal detectable effect."""
+    pc, pr = summary["positive_control"], summary["primary"]
+    metric, acc = _metric_name(pc["metric"]), pc["acceleration"]
+    n = f"{pc['n_volumes']} evaluation volumes with a lesion × {pc['n_seeds']} seeds"
+    text = [f"Declared before the run ({pc['declared_in']}): {metric} at {acc}x, each arm against `{pc['reference']}`, "
+            f"over {n}, by a {pc['interval_method']}."]
+    if pc["significant"]:
+        text.append(f"The positive control `{pc['variant']}`{_strength(pc)} succeeded: {_entry_text(pc)}, "
+                    f"p = {_fmt(pc['p'], 4)}.")
+        verdict = ("improves" if pr["significant"] else "was not shown to change")
+        text.append(f"The primary arm `{pr['variant']}`{_strength(pr)} {verdict} {metric}: {_entry_text(pr)}, "
+                    f"p = {_fmt(pr['p'], 4)} (unadjusted), minimal detectable effect {_fmt(pr['mde'], 2)} dB.")
+        if not pr["significant"]:
+            text.append(f"Effects outside [{_fmt(pr['ci'][0], 2, True)}, {_fmt(pr['ci'][1], 2, True)}] dB are "
+                        "excluded at 95 %.")
+    else:
+        text.append(f"The positive control `{pc['variant']}`{_strength(pc)} did not succeed ({_entry_text(pc)}, "
+                    f"p = {_fmt(pc['p'], 4)}): at this scale the experiment could not detect an ROI effect even with "
+                    f"the true boxes, so the primary arm `{pr['variant']}` was not tested and its result "
+                    f"({_entry_text(pr)}, minimal detectable effect {_fmt(pr['mde'], 2)} dB) says nothing "
+                    "about the method.")
+    if pc["n_seeds"] <= 3:
+        text.append(f"With {pc['n_seeds']} seeds, the seed component of the intervals rests on "
+                    f"{pc['n_seeds'] - 1} degree(s) of freedom.")
+    return " ".join(text)

@@ -266,8 +266,8 @@ def paired_matrix(df: pd.DataFrame, arm: str, reference: str, metric: str, accel
     every seed of the arm. Volumes without the metric (ROI metrics of a volume without a
     box) are left out."""
     at = df[df["acceleration"] == acceleration]
-    a = at[at["variant"] == arm].pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean")
-    r = at[at["variant"] == reference].pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean")
+    a = at[at["variant"] == arm].pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean", dropna=False)
+    r = at[at["variant"] == reference].pivot_table(index="seed", columns="volume", values=metric, aggfunc="mean", dropna=False)
     if a.empty or r.empty:
         raise DataError("metrics", f"no rows of {arm if a.empty else reference!r} at {acceleration}x")
     if list(r.index) == [ZERO_FILLED_SEED]:  # deterministic: the same for every seed of the arm
@@ -283,12 +283,13 @@ def comparison(df: pd.DataFrame, arm: str, reference: str, metric: str, accelera
     """One entry of ``summary.json``: the arm against the reference on one metric at one
     acceleration, by :func:`two_way_bootstrap`, with its :func:`mde`."""
     d = paired_matrix(df, arm, reference, metric, acceleration)
-    if d.empty:
-        raise DataError("metrics", f"{arm} and {reference} share no volume with {metric} at {acceleration}x")
-    boot = two_way_bootstrap(d.to_numpy())
     entry = dict(variant=arm, reference=reference, metric=metric, acceleration=int(acceleration))
-    entry.update(boot)
-    entry["mde"] = mde(boot["se"], boot["n_volumes"])
+    if d.empty:  # e.g. an ROI metric where no evaluation volume holds a box
+        entry.update(diff=None, ci=[None, None], se=None, p=None, per_seed=[], n_seeds=int(len(d.index)), n_volumes=0,
+                     interval_method=TWO_WAY, mde=None, note=f"no volume with {metric} at {acceleration}x")
+    else:
+        entry.update(two_way_bootstrap(d.to_numpy()))
+        entry["mde"] = mde(entry["se"], entry["n_volumes"])
     entry.update(extra)
     return entry
 
@@ -330,7 +331,7 @@ def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
     for role in ("positive_control", "primary"):
         e = entry(declared[role], metric, acc)
         e["tested"] = tested
-        e["significant"] = bool(tested and e["p"] < ALPHA and e["ci"][0] > 0)
+        e["significant"] = bool(tested and e["p"] is not None and e["p"] < ALPHA and e["ci"][0] > 0)
         tested = e["significant"]
         out[role] = e
     accs = sorted(int(a) for a in df["acceleration"].unique())
@@ -340,6 +341,7 @@ def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
     arms = [v for v in dict.fromkeys(df["variant"]) if v not in (ref, ZERO_FILLED)]
     rest = [entry(v, m, a) for v in arms for a in accs for m in metrics
             if m in df and df[m].notna().any() and (v, m, a) not in confirmatory]
+    rest = [e for e in rest if e["p"] is not None]
     for e, p_adj in zip(rest, holm([e["p"] for e in rest])):
         e["p_adjusted"] = float(p_adj)
         e["m"] = len(rest)

@@ -122,3 +122,30 @@ def test_a_failed_positive_control_stops_the_sequence():
     assert not out["positive_control"]["significant"]
     assert out["primary"]["tested"] is False and out["primary"]["significant"] is False
     assert out["primary"]["strength"] is None
+
+
+def test_the_answer_paragraph_is_computed_from_the_confirmatory_entries():
+    from mrlib import report
+
+    ok = stats.decisive_summary(_study(1.0), DECLARED, {"oracle": {"alpha": 50.0, "weight_share": 0.2}},
+                                metrics=("roi_psnr",))
+    text = report.answer_paragraph(ok)
+    pc = ok["positive_control"]
+    assert "succeeded" in text and f"{pc['diff']:+.2f} [{pc['ci'][0]:+.2f}, {pc['ci'][1]:+.2f}] dB" in text
+    assert "α = 50" in text and "20.0%" in text and "minimal detectable effect" in text
+    assert "excluded at 95 %" in text and "2 degree(s) of freedom" in text
+    failed = report.answer_paragraph(stats.decisive_summary(_study(0.0), DECLARED, metrics=("roi_psnr",)))
+    assert "could not detect an ROI effect" in failed and "not tested" in failed
+    table = report.confirmatory_table(ok)
+    assert list(table["comparison"][:2]) == ["positive control", "primary"]
+    assert list(table["result"][:2]) == ["significant", "not significant"]
+
+
+def test_no_lesion_volume_gives_empty_entries_not_an_error():
+    df = _study(1.0)
+    df["roi_psnr"] = np.nan
+    out = stats.decisive_summary(df, DECLARED, metrics=("psnr", "roi_psnr"))
+    assert out["positive_control"]["diff"] is None and out["positive_control"]["n_volumes"] == 0
+    assert not out["positive_control"]["significant"] and out["primary"]["tested"] is False
+    from mrlib import report
+    assert "n/a" in report.answer_paragraph(out)
