@@ -39,6 +39,7 @@ from .runtime import pick_device, progress_bar
 from .stats import decisive_summary, summarize
 from .submission import FolderWriter, score_folder, write_folder
 from .train import load_weights
+from .variants import make_variant
 
 COLUMNS = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
 
@@ -59,11 +60,11 @@ def read_runs(run_dir: str | Path | RunDir, variants: Iterable[str] | None = Non
     trained = list(dict.fromkeys(r["variant"] for r in runs))
     if variants:
         variants = [variants] if isinstance(variants, str) else list(variants)
-        unknown = [v for v in variants if v not in trained]
+        unknown = [v for v in variants if not any(names_run(v, r) for r in runs)]
         if unknown:
             raise ParameterError("variants", f"{', '.join(map(repr, unknown))} not trained in {rd.registry}; "
                                              f"trained: {', '.join(trained) or 'none'}")
-        runs = [r for r in runs if r["variant"] in variants]
+        runs = [r for r in runs if any(names_run(v, r) for v in variants)]
     if seeds:
         seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
         have = sorted({int(r["seed"]) for r in runs})
@@ -75,8 +76,11 @@ def read_runs(run_dir: str | Path | RunDir, variants: Iterable[str] | None = Non
 
 
 def load_run(run_dir: str | Path | RunDir, run: Mapping[str, Any], device) -> torch.nn.Module:
-    """Build the network a run config names and load its best checkpoint (eval mode)."""
-    path = as_run_dir(run_dir).unet_run(run["variant"], run["seed"]).best
+    """Build the network a run config names and load the checkpoint its rule names (eval
+    mode): ``last`` or ``best`` (:attr:`mrlib.config.UnetConfig.checkpoint`; runs recorded
+    before the rule existed used ``best``)."""
+    ckpts = as_run_dir(run_dir).unet_run(run["variant"], run["seed"])
+    path = ckpts.last if run.get("checkpoint", "best") == "last" else ckpts.best
     if not path.is_file():
         raise DataError(path, f"checkpoint of run {run['variant']}/seed{run['seed']} is missing; "
                               "notebook 05_weighted_unet writes it")
@@ -93,12 +97,25 @@ def read_evaluation_split(run_dir: str | Path | RunDir) -> tuple[dict, list[Path
     return manifest, rd.split_paths("evaluation", manifest), manifest_boxes(manifest)
 
 
+def names_run(key: str, run: Mapping[str, Any]) -> bool:
+    """Does ``key`` name ``run``? Either it is the run's key, or the key it becomes under the
+    run's own parameters: ``gradcam`` names ``gradcam[alpha=50]`` in a run with ``alpha=50``,
+    and not ``gradcam[alpha=4]``, trained beside it with an explicit alpha."""
+    if key == run["variant"]:
+        return True
+    try:
+        return make_variant(key, run).key == run["variant"]
+    except ParameterError:  # not a variant at all: it names no run
+        return False
+
+
 def first_seeds(runs: Sequence[Mapping[str, Any]], variants: Iterable[str] | None = None) -> set[tuple[str, int]]:
-    """``{(variant, seed)}``: the first trained seed of each variant (of ``variants``; None: all)."""
-    wanted = None if variants is None else set(variants)
+    """``{(variant, seed)}``: the first trained seed of each variant (of ``variants``, each
+    as :func:`names_run` reads it; None: all)."""
+    wanted = None if variants is None else list(variants)
     out: dict[str, int] = {}
     for r in runs:
-        if wanted is None or r["variant"] in wanted:
+        if wanted is None or any(names_run(v, r) for v in wanted):
             out.setdefault(r["variant"], int(r["seed"]))
     return set(out.items())
 
@@ -190,7 +207,8 @@ def evaluate(
                 keep = (run["variant"], int(run["seed"])) in saved
                 written = {}
                 for stem in stems:
-                    recon, seconds = reconstruct(model, bank, stem, func, batch_size=batch_size)
+                    recon, seconds = reconstruct(model, bank, stem, func, batch_size=batch_size,
+                                                 precision=run.get("precision", "fp32"))
                     score(run["variant"], acc, run["seed"], stem, recon, seconds)
                     if keep:
                         written[stem] = recon
@@ -236,8 +254,8 @@ def infer(
     spec = rd.read_mask_spec()
     device = pick_device(device) if isinstance(device, str) else device
     chosen = sorted(first_seeds(runs))
-    models = [(v, s, load_run(rd, next(r for r in runs if r["variant"] == v and int(r["seed"]) == s), device))
-              for v, s in chosen]
+    chosen_runs = [next(r for r in runs if r["variant"] == v and int(r["seed"]) == s) for v, s in chosen]
+    models = [(r["variant"], int(r["seed"]), load_run(rd, r, device), r.get("precision", "fp32")) for r in chosen_runs]
     entries = {f["name"]: f for split in manifest["splits"].values() for f in split["files"]}
     split_of = {a["file"]: a["split"] for a in manifest["roles"]}
     writers: dict[tuple[str, int, str, int], FolderWriter] = {}
@@ -255,9 +273,9 @@ def infer(
                 else:
                     masks = {acc: make_masks(spec.mask_func(acc), kspace.shape, [file_seed(path.name)] * kspace.shape[0])
                              for acc in spec.accelerations}
-                for variant, seed, model in models:
+                for variant, seed, model, precision in models:
                     for acc, mask in masks.items():
-                        recon, seconds = reconstruct_kspace(model, kspace, mask, crop, batch_size)
+                        recon, seconds = reconstruct_kspace(model, kspace, mask, crop, batch_size, precision)
                         key = (variant, seed, split_of[path.name], acc)
                         if key not in writers:
                             writers[key] = FolderWriter(rd.reconstructions(key[2], variant, seed, acc))
@@ -322,7 +340,8 @@ def volume_reconstructions(
         run = next((r for r in mine if seed is None or int(r["seed"]) == int(seed)), None)
         if run is None:
             raise ParameterError("seed", f"variant {variant!r} has no run with seed {seed}")
-        recons[variant] = reconstruct(load_run(run_dir, run, device), bank, stem, func, batch_size)[0]
+        recons[variant] = reconstruct(load_run(run_dir, run, device), bank, stem, func, batch_size,
+                                      precision=run.get("precision", "fp32"))[0]
     return bank.target.cpu().numpy(), recons, boxes_by_slice(boxes, stem)
 
 

@@ -9,7 +9,8 @@ A preset has two parts:
   of :class:`mrlib.config.UnetConfig` and :class:`mrlib.config.ClassifierConfig` (whose
   defaults are the notebooks'), so ``smoke`` overrides nothing.
 
-``smoke`` is for tests and CI, ``default`` is the README's main job on a laptop CPU,
+``smoke`` is for tests and CI, ``default`` is the README's main job on a laptop CPU (the
+declared experiment), ``study`` adds the dose-response and the arms ``default`` leaves out,
 ``full`` has fastMRI's geometry (k-space 640 x 368, images 320 x 320) for one GPU, and
 ``fastmri`` runs on real data whose paths the user passes with ``--data``.
 """
@@ -20,6 +21,9 @@ import copy
 from typing import Any
 
 from .errors import ParameterError
+
+#: The five arms of `default`'s experiment (chapter 5 trains them, chapter 6 compares them).
+DEFAULT_ARMS = ["unweighted", "gradcam", "shuffled", "oracle", "random"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -38,14 +42,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 224 px fine-tune ImageNet weights, which are not available offline).
         # the in-domain classifier trains per slice at the native 128 px, on the ~140 lesion
         # slices of 100 training volumes (on 12 volumes' 13 it learned nothing); two classifier
-        # seeds, so that U-Net seed s weights with the maps of classifier seed s mod 2. The
-        # U-Net samples 15 fresh batches of the training slices per epoch. bf16 autocast: about
-        # 2x faster training steps on a CPU with AMX (metrics stay fp32). Chapter 4 compares
-        # the declared CAM method with one other.
+        # seeds, so that U-Net seed s weights with the maps of classifier seed s mod 2. Chapter 4
+        # compares the declared CAM method with one other.
+        # The experiment (chapter 6): five arms x three seeds, declared before the run: the
+        # Grad-CAM arm matched to the oracle (the threshold whose region covers the true boxes'
+        # area, at the oracle's alpha), its shuffled-map control, the oracle as the positive
+        # control and random boxes inside the knee as its control. alpha = 50 puts about a fifth
+        # of the loss weight of a lesion slice in its boxes. The U-Net: 5 epochs of 36 fresh
+        # batches, the learning rate cut tenfold for the last, the last epoch evaluated; bf16
+        # autocast, about 2x faster training steps on a CPU with AMX (metrics stay fp32).
         "params": dict(
             mrnet_epochs=6, slice_epochs=20, mrnet_input_size=112, classifier_seeds=[0, 1],
-            seeds=[0, 1], chans=16, pools=3, unet_epochs=10, unet_steps_per_epoch=15, precision="bf16",
             methods=["gradcam", "layercam"],
+            variants=DEFAULT_ARMS, seeds=[0, 1, 2], chans=16, pools=3, unet_epochs=5, unet_steps_per_epoch=36,
+            lr_step=4, precision="bf16", weight_rule="matched", alpha=50.0,
+        ),
+    },
+    "study": {
+        "synth": dict(
+            image_size=128, n_slices=10, n_train=100, n_val=16, n_test=24,
+            kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
+        ),
+        # `default`'s experiment and everything it leaves out: the dose-response (the oracle
+        # and the matched Grad-CAM arm at alpha 4, 16, 50 and 150), the kneeMRI Grad-CAM arm,
+        # fastMRI's L1 loss, and every CAM method in chapter 4.
+        "params": dict(
+            mrnet_epochs=6, slice_epochs=20, mrnet_input_size=112, classifier_seeds=[0, 1],
+            methods=["gradcam", "gradcam++", "hirescam", "layercam"],
+            variants=DEFAULT_ARMS + [f"{arm}[alpha={a}]" for arm in ("oracle", "gradcam") for a in (4, 16, 150)]
+            + ["gradcam[roi_source=kneemri]", "l1"],
+            seeds=[0, 1, 2], chans=16, pools=3, unet_epochs=5, unet_steps_per_epoch=36, lr_step=4,
+            precision="bf16", weight_rule="matched", alpha=50.0,
         ),
     },
     "full": {

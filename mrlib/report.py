@@ -163,3 +163,21 @@ def answer_paragraph(summary: Mapping[str, Any]) -> str:
         text.append(f"With {pc['n_seeds']} seeds, the seed component of the intervals rests on "
                     f"{pc['n_seeds'] - 1} degree(s) of freedom.")
     return " ".join(text)
+
+
+def price_of_attention(summary: Mapping[str, Any], acceleration: int | None = None) -> pd.DataFrame:
+    """What each weighted arm buys inside the lesions and pays on the whole image: per arm,
+    its difference from the reference in PSNR and in ROI-PSNR at ``acceleration`` (default
+    the declared one), with the two-way intervals and the arm's strength (``alpha``,
+    ``weight_share``). Read from the confirmatory and exploratory entries of ``summary``."""
+    entries = [summary["positive_control"], summary["primary"], *summary.get("exploratory", [])]
+    acc = int(acceleration or summary["primary"]["acceleration"])
+    rows: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e["acceleration"] != acc or e["metric"] not in ("psnr", "roi_psnr") or e["diff"] is None:
+            continue
+        row = rows.setdefault(e["variant"], {"variant": e["variant"], **(e.get("strength") or {})})
+        row[f"d_{e['metric']}"], row[f"{e['metric']}_low"], row[f"{e['metric']}_high"] = e["diff"], *e["ci"]
+    cols = ["variant", "alpha", "weight_share", "d_psnr", "psnr_low", "psnr_high", "d_roi_psnr", "roi_psnr_low",
+            "roi_psnr_high"]
+    return pd.DataFrame(list(rows.values())).reindex(columns=cols).dropna(subset=["d_psnr", "d_roi_psnr"])

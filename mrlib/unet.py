@@ -36,6 +36,10 @@ from .variants import LossVariant, WeightContext, make_variant, weight_stats
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
 
+#: Which checkpoint of a run chapter 6 evaluates (:attr:`mrlib.config.UnetConfig.checkpoint`).
+CHECKPOINT_RULES = ("last", "best")
+
+
 def train_unet(
     model: nn.Module,
     train_bank: Bank,
@@ -183,6 +187,8 @@ def train_run(
         ``(config, history)``; ``config`` is what the run's config file and the registry hold.
     """
     variant = make_variant(cfg.variant, cfg.identity())
+    if cfg.checkpoint not in CHECKPOINT_RULES:
+        raise ParameterError("checkpoint", f"must be one of {', '.join(CHECKPOINT_RULES)}, got {cfg.checkpoint!r}")
     ckpts = out.unet_run(variant.key, cfg.seed) if isinstance(out, RunDir) else out
     distributed = dist is not None and dist.world_size > 1
     main = dist is None or dist.is_main
@@ -202,7 +208,7 @@ def train_run(
         epochs=cfg.unet_epochs, lr=cfg.unet_lr, batch_size=cfg.unet_batch_size, optimizer=cfg.optimizer,
         lr_step=cfg.lr_step, steps_per_epoch=cfg.unet_steps_per_epoch, precision=cfg.precision, seed=cfg.seed,
         resume=resume,
-        config={k: v for k, v in config.items() if k != "unet_epochs"}, progress=progress,
+        config={k: v for k, v in config.items() if k not in ("unet_epochs", "checkpoint")}, progress=progress,
         dist=dist if distributed else None,
     )
     # what the weights did on the training bank's lesion slices: the strength as a weight share

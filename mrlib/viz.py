@@ -255,3 +255,23 @@ def orientation_figure(image: np.ndarray, boxes: Sequence[Box] = (), title: str 
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def price_figure(table, acceleration: int, reference: str = "unweighted") -> plt.Figure:
+    """The price of attention: each arm's whole-image PSNR difference (x) against its
+    ROI-PSNR difference (y) from ``reference``, with 95 % intervals on both axes
+    (:func:`mrlib.report.price_of_attention`); points labelled with the arm and its alpha."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(0, color="0.6", lw=0.8)
+    for row in table.itertuples():
+        ax.errorbar(row.d_psnr, row.d_roi_psnr,
+                    xerr=[[row.d_psnr - row.psnr_low], [row.psnr_high - row.d_psnr]],
+                    yerr=[[row.d_roi_psnr - row.roi_psnr_low], [row.roi_psnr_high - row.d_roi_psnr]],
+                    fmt="o", ms=4, capsize=2, lw=0.9)
+        ax.annotate(row.variant, (row.d_psnr, row.d_roi_psnr), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"Δ PSNR, whole image (dB) vs {reference}")
+    ax.set_ylabel(f"Δ ROI-PSNR, lesion boxes (dB) vs {reference}")
+    ax.set_title(f"the price of attention at {acceleration}x (95 % two-way intervals)", fontsize=9)
+    fig.tight_layout()
+    return fig

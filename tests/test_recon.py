@@ -89,6 +89,12 @@ def test_reconstruct_returns_target_units_and_time(data):
     np.testing.assert_allclose(zeros, np.broadcast_to(zf.mean(axis=(1, 2), keepdims=True), zf.shape),
                                rtol=1e-4, atol=1e-6 * float(zf.max()))
     # and a real network runs on the same volume
-    out, _ = reconstruct(SeedUnet(), bank, stem, func, batch_size=2)
+    torch.manual_seed(0)
+    net = SeedUnet()
+    out, _ = reconstruct(net, bank, stem, func, batch_size=2)
     assert out.shape == zf.shape and np.isfinite(out).all()
+    # a U-Net trained under bf16 autocast infers under it: float32 out, close to fp32, not equal
+    low, _ = reconstruct(net, bank, stem, func, batch_size=2, precision="bf16")
+    assert low.dtype == np.float32 and not np.array_equal(low, out)
+    assert np.abs(low - out).max() < 0.05 * (np.abs(out).max() + 1e-12)
     np.testing.assert_allclose(zero_filled_volume(bank, stem, func), zf, rtol=1e-5, atol=1e-6 * float(zf.max()))

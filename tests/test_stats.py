@@ -149,3 +149,17 @@ def test_no_lesion_volume_gives_empty_entries_not_an_error():
     assert not out["positive_control"]["significant"] and out["primary"]["tested"] is False
     from mrlib import report
     assert "n/a" in report.answer_paragraph(out)
+
+
+def test_price_of_attention_pairs_each_arms_whole_image_and_roi_difference():
+    from mrlib import report, viz
+
+    out = stats.decisive_summary(_study(1.0), DECLARED, {"oracle": {"alpha": 50.0, "weight_share": 0.2}},
+                                 metrics=("psnr", "roi_psnr"))
+    table = report.price_of_attention(out)
+    assert sorted(table["variant"]) == ["gradcam", "oracle", "random"]
+    oracle = table.set_index("variant").loc["oracle"]
+    assert oracle["d_roi_psnr"] == pytest.approx(out["positive_control"]["diff"]) and oracle["alpha"] == 50.0
+    assert oracle["psnr_low"] <= oracle["d_psnr"] <= oracle["psnr_high"]
+    fig = viz.price_figure(table, 8)
+    assert len(fig.axes[0].texts) == 3
