@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
+from . import report
 from .artifacts import write_text
 from .errors import MrlibError, ParameterError
 from .presets import DECLARED, get_preset
@@ -256,6 +257,7 @@ def run(
         else:
             os.environ[HEADLESS_ENV] = saved
     write_run_info(rd, stamp)
+    write_answer(rd)
     return written
 
 
@@ -337,6 +339,18 @@ def write_run_info(rd: RunDir, stamp: dict[str, Any]) -> Path:
     return write_text(rd.run_info, "\n".join(lines) + "\n")
 
 
+def write_answer(rd: RunDir) -> Path:
+    """The book's first-page answer: :func:`mrlib.report.answer_paragraph` of the run's
+    ``summary.json``, or why there is none."""
+    summary = rd.read_evaluation()[1] if rd.summary_json.is_file() else {}
+    if "primary" in summary:
+        text = report.answer_paragraph(summary)
+    else:
+        text = ("This run has no confirmatory result: chapter 6 has not run, or the run's declaration differs "
+                "from its preset's (chapter 6 says which).")
+    return write_text(rd.answer, text + "\n")
+
+
 def _execute(root: Path, nb: str, params: dict[str, Any], rd: RunDir, cwd: Path, progress: bool) -> Path:
     """Execute one notebook with papermill; raise :class:`NotebookError` naming the failing cell."""
     import papermill  # lazy: papermill pulls in nbclient and jupyter_client
@@ -387,6 +401,8 @@ def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
         raise MrlibError(rd.root, f"has no executed {', '.join(missing)}; run the notebooks first (python -m mrlib run)")
     if not rd.run_info.is_file():
         raise MrlibError(rd.run_info, "missing; python -m mrlib run writes it")
+    if not rd.answer.is_file():  # a run from before the first page carried the answer
+        write_answer(rd)
     return book
 
 

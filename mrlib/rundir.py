@@ -118,6 +118,7 @@ class RunDir:
     RECONSTRUCTIONS = "reconstructions"
     BOOK = "book"
     RUN_INFO = "run_info.md"
+    ANSWER = "answer.md"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -363,6 +364,11 @@ class RunDir:
     def run_info(self) -> Path:
         """The page included by the book's introduction: what produced this edition."""
         return self.book / "book" / "generated" / self.RUN_INFO
+
+    @property
+    def answer(self) -> Path:
+        """The page included by the book's introduction: the experiment's computed answer."""
+        return self.book / "book" / "generated" / self.ANSWER
 
     @property
     def book_html(self) -> Path:

@@ -163,3 +163,15 @@ def test_price_of_attention_pairs_each_arms_whole_image_and_roi_difference():
     assert oracle["psnr_low"] <= oracle["d_psnr"] <= oracle["psnr_high"]
     fig = viz.price_figure(table, 8)
     assert len(fig.axes[0].texts) == 3
+
+
+def test_the_first_page_gets_the_runs_answer_or_says_why_not(tmp_path):
+    from mrlib import report
+    from mrlib.pipeline import write_answer
+    from mrlib.rundir import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    assert "no confirmatory result" in write_answer(rd).read_text()
+    summary = stats.decisive_summary(_study(1.0), DECLARED, metrics=("roi_psnr",))
+    rd.write_evaluation(_study(1.0), summary)
+    assert write_answer(rd).read_text() == report.answer_paragraph(rd.read_evaluation()[1]) + "\n"
