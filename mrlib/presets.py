@@ -25,6 +25,31 @@ from .errors import ParameterError
 #: The five arms of `default`'s experiment (chapter 5 trains them, chapter 6 compares them).
 DEFAULT_ARMS = ["unweighted", "gradcam", "shuffled", "oracle", "random"]
 
+#: `default`'s cohorts (`study` shares them).
+_DEFAULT_SYNTH = dict(
+    image_size=128, n_slices=10, n_train=100, n_val=16, n_test=24,
+    kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
+)
+# MRNet from scratch on a CPU: 112 px input and lr 1e-4 (Bien et al.'s 1e-5 and 224 px
+# fine-tune ImageNet weights, which are not available offline). The in-domain classifier
+# trains per slice at the native 128 px, on the ~140 lesion slices of 100 training volumes
+# (on 12 volumes' 13 it learned nothing); two classifier seeds, so that U-Net seed s weights
+# with the maps of classifier seed s mod 2. Chapter 4 compares the declared CAM method with
+# one other.
+# The experiment (chapter 6): five arms x three seeds, declared before the run: the Grad-CAM
+# arm matched to the oracle (the threshold whose region covers the true boxes' area, at the
+# oracle's alpha), its shuffled-map control, the oracle as the positive control and random
+# boxes inside the knee as its control. alpha = 50 puts about a fifth of the loss weight of a
+# lesion slice in its boxes. The U-Net: 5 epochs of 36 fresh batches, the learning rate cut
+# tenfold for the last, the last epoch evaluated; bf16 autocast, about 2x faster training
+# steps on a CPU with AMX (metrics stay fp32).
+_DEFAULT_PARAMS = dict(
+    mrnet_epochs=6, slice_epochs=20, mrnet_input_size=112, classifier_seeds=[0, 1],
+    methods=["gradcam", "layercam"],
+    variants=DEFAULT_ARMS, seeds=[0, 1, 2], chans=16, pools=3, unet_epochs=5, unet_steps_per_epoch=36,
+    lr_step=4, precision="bf16", weight_rule="matched", alpha=50.0,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "synth": dict(
@@ -33,48 +58,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
         "params": dict(),
     },
-    "default": {
-        "synth": dict(
-            image_size=128, n_slices=10, n_train=100, n_val=16, n_test=24,
-            kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
-        ),
-        # MRNet from scratch on a CPU: 112 px input and lr 1e-4 (Bien et al.'s 1e-5 and
-        # 224 px fine-tune ImageNet weights, which are not available offline).
-        # the in-domain classifier trains per slice at the native 128 px, on the ~140 lesion
-        # slices of 100 training volumes (on 12 volumes' 13 it learned nothing); two classifier
-        # seeds, so that U-Net seed s weights with the maps of classifier seed s mod 2. Chapter 4
-        # compares the declared CAM method with one other.
-        # The experiment (chapter 6): five arms x three seeds, declared before the run: the
-        # Grad-CAM arm matched to the oracle (the threshold whose region covers the true boxes'
-        # area, at the oracle's alpha), its shuffled-map control, the oracle as the positive
-        # control and random boxes inside the knee as its control. alpha = 50 puts about a fifth
-        # of the loss weight of a lesion slice in its boxes. The U-Net: 5 epochs of 36 fresh
-        # batches, the learning rate cut tenfold for the last, the last epoch evaluated; bf16
-        # autocast, about 2x faster training steps on a CPU with AMX (metrics stay fp32).
-        "params": dict(
-            mrnet_epochs=6, slice_epochs=20, mrnet_input_size=112, classifier_seeds=[0, 1],
-            methods=["gradcam", "layercam"],
-            variants=DEFAULT_ARMS, seeds=[0, 1, 2], chans=16, pools=3, unet_epochs=5, unet_steps_per_epoch=36,
-            lr_step=4, precision="bf16", weight_rule="matched", alpha=50.0,
-        ),
-    },
-    "study": {
-        "synth": dict(
-            image_size=128, n_slices=10, n_train=100, n_val=16, n_test=24,
-            kneemri_exams=40, kneemri_slices=16, kneemri_size=128, n_coils=8,
-        ),
-        # `default`'s experiment and everything it leaves out: the dose-response (the oracle
-        # and the matched Grad-CAM arm at alpha 4, 16, 50 and 150), the kneeMRI Grad-CAM arm,
-        # fastMRI's L1 loss, and every CAM method in chapter 4.
-        "params": dict(
-            mrnet_epochs=6, slice_epochs=20, mrnet_input_size=112, classifier_seeds=[0, 1],
-            methods=["gradcam", "gradcam++", "hirescam", "layercam"],
-            variants=DEFAULT_ARMS + [f"{arm}[alpha={a}]" for arm in ("oracle", "gradcam") for a in (4, 16, 150)]
-            + ["gradcam[roi_source=kneemri]", "l1"],
-            seeds=[0, 1, 2], chans=16, pools=3, unet_epochs=5, unet_steps_per_epoch=36, lr_step=4,
-            precision="bf16", weight_rule="matched", alpha=50.0,
-        ),
-    },
+    "default": {"synth": _DEFAULT_SYNTH, "params": _DEFAULT_PARAMS},
+    # `default`'s experiment and everything it leaves out: the dose-response (the oracle and
+    # the matched Grad-CAM arm at alpha 4, 16, 50 and 150), the kneeMRI Grad-CAM arm, fastMRI's
+    # L1 loss, and every CAM method in chapter 4.
+    "study": {"synth": _DEFAULT_SYNTH, "params": {
+        **_DEFAULT_PARAMS,
+        "methods": ["gradcam", "gradcam++", "hirescam", "layercam"],
+        "variants": DEFAULT_ARMS + [f"{arm}[alpha={a}]" for arm in ("oracle", "gradcam") for a in (4, 16, 150)]
+        + ["gradcam[roi_source=kneemri]", "l1"],
+    }},
     "full": {
         "synth": dict(
             image_size=320, n_slices=35, slice_thickness_mm=3.0, n_train=40, n_val=10, n_test=10,
