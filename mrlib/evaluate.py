@@ -28,10 +28,11 @@ from fastmri.data import transforms as T
 
 from .data.boxes import Box
 from .data.fastmri_h5 import read_stored_mask, read_volume
-from .data.manifest import manifest_boxes
+from .data.manifest import manifest_boxes, twin_files
+from .data.twins import read_twin
 from .errors import DataError, ParameterError
 from .masking import file_seed, make_masks
-from .metrics import METRICS, ZERO_FILLED, ZERO_FILLED_SEED, roi_metrics, volume_metrics
+from .metrics import METRICS, ZERO_FILLED, ZERO_FILLED_SEED, lesion_fidelity, roi_metrics, volume_metrics
 from .models import build_unet
 from .recon import SliceBank, load_bank, reconstruct, reconstruct_kspace, zero_filled_volume
 from .rundir import RunDir, as_run_dir
@@ -159,7 +160,9 @@ def evaluate(
         deterministic). ``seconds`` is the reconstruction time of the volume (masking,
         network, un-normalising; for zero-filled, masking and the inverse FFT). ROI
         columns are NaN for a volume with no lesion box; ``df.attrs["no_boxes"]`` lists
-        those volumes and a line is printed.
+        those volumes and a line is printed. ``lesion_fidelity``
+        (:func:`mrlib.metrics.lesion_fidelity`) needs the volume's lesion-free twin
+        (synthetic data) and is NaN without one.
 
     Raises:
         DataError: a missing ``runs.json``, ``masking.json``, manifest or checkpoint
@@ -182,6 +185,8 @@ def evaluate(
     stems = list(bank.volumes)
     gts = {stem: bank.target[bank.volumes[stem]].cpu().numpy() for stem in stems}
     rois = {stem: boxes_by_slice(boxes, stem) for stem in stems}
+    twin_paths = twin_files(manifest)  # synthetic data only: the lesion-free twins
+    twins = {stem: read_twin(twin_paths[stem]) for stem in stems if stem in twin_paths}
 
     rows = []
 
@@ -190,6 +195,9 @@ def evaluate(
         row = dict(variant=variant, acceleration=int(acc), seed=int(seed), volume=stem)
         row.update(volume_metrics(gt, recon, where=f"{variant} {stem}"))
         row.update(roi_metrics(gt, recon, rois[stem], maxval=float(gt.max())))
+        tw = twins.get(stem)
+        row["lesion_fidelity"] = (lesion_fidelity(gt, recon, tw.twin, tw.masks.any(axis=0)) if tw is not None
+                                  else float("nan"))
         row["seconds"] = float(seconds)
         rows.append(row)
 

@@ -19,11 +19,11 @@ from .data.boxes import boxes_mask
 from .errors import DataError, ParameterError
 
 #: The reconstruction metrics per volume: fastMRI's, then the same inside the lesion boxes.
-METRICS = ("nmse", "psnr", "ssim", "roi_nmse", "roi_psnr", "roi_ssim")
+METRICS = ("nmse", "psnr", "ssim", "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity")
 ROI_METRICS = ("roi_nmse", "roi_psnr", "roi_ssim")
 #: which direction is better, for the sentences that read the comparisons
 HIGHER_IS_BETTER = {"nmse": False, "psnr": True, "ssim": True,
-                    "roi_nmse": False, "roi_psnr": True, "roi_ssim": True}
+                    "roi_nmse": False, "roi_psnr": True, "roi_ssim": True, "lesion_fidelity": True}
 #: The name of the zero-filled baseline in tables (it has no training seed: seed -1).
 ZERO_FILLED = "zero-filled"
 ZERO_FILLED_SEED = -1
@@ -194,6 +194,30 @@ def roi_metrics(
         total += float(smap[mask[s]].sum())
     out["roi_ssim"] = total / int(mask.sum())
     return out
+
+
+def lesion_fidelity(gt: np.ndarray, pred: np.ndarray, twin: np.ndarray, mask: np.ndarray) -> float:
+    """The share of the lesion signal that survives reconstruction, from a lesion-free twin.
+
+    With the lesion signal ``l = gt - twin`` and what the reconstruction shows of it,
+    ``pred - twin``, over the lesion mask: ``sum((pred - twin) * l) / sum(l * l)``, the
+    projection of the reconstructed lesion on the true one. 1: the lesion is reproduced;
+    0: it is gone (or blurred into its surround); NaN without lesion signal.
+
+    Args:
+        gt, pred, twin: ``(S, H, W)`` target, reconstruction and the twin's target;
+        mask: boolean ``(S, H, W)``, the union of the lesion masks.
+    """
+    gt, pred, twin = (np.asarray(a, dtype=np.float64) for a in (gt, pred, twin))
+    mask = np.asarray(mask, dtype=bool)
+    if not (gt.shape == pred.shape == twin.shape == mask.shape):
+        raise DataError("lesion_fidelity", f"shapes differ: target {gt.shape}, reconstruction {pred.shape}, "
+                                           f"twin {twin.shape}, mask {mask.shape}")
+    lesion = (gt - twin)[mask]
+    energy = float(np.sum(lesion * lesion))
+    if energy <= 0:
+        return float("nan")
+    return float(np.sum((pred - twin)[mask] * lesion) / energy)
 
 
 # --------------------------------------------------------------------------- localisation

@@ -19,7 +19,9 @@ from .errors import DataError, ParameterError
 from .metrics import HIGHER_IS_BETTER, METRICS, ROI_METRICS, ZERO_FILLED, ZERO_FILLED_SEED
 
 #: The columns :func:`summarize` reads (the rows of :func:`mrlib.evaluate.evaluate`).
-REQUIRED = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
+#: Metrics only some data has (``lesion_fidelity`` needs the synthetic twins): NaN when absent.
+OPTIONAL = ("lesion_fidelity",)
+REQUIRED = ("variant", "acceleration", "seed", "volume", *(m for m in METRICS if m not in OPTIONAL), "seconds")
 NO_ROI = "no annotated lesion in the evaluation split: ROI metrics not computed"
 FEW_VOLUMES = 6  # below this the exact Wilcoxon test cannot reach p < 0.05 (min p = 2 / 2**n)
 
@@ -105,6 +107,7 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
     """
     if not 0 < level < 1:
         raise ParameterError("level", f"must be between 0 and 1, got {level!r}")
+    df = df.assign(**{m: np.nan for m in OPTIONAL if m not in df.columns})
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError("metrics", f"missing column(s) {', '.join(missing)}")
@@ -122,6 +125,7 @@ def summarize(df: pd.DataFrame, reference: str = "unweighted", level: float = 0.
                + (f"; no box in {', '.join(without)} (left out of the ROI means)" if without else ""))
         if without:
             print(roi)
+    metrics = [m for m in metrics if m not in OPTIONAL or df[m].notna().any()]
     notes = []
     per_vol = _per_volume(df, metrics)
     groups = []

@@ -51,7 +51,7 @@ def test_every_chapter_wrote_its_results(smoke_run):
     assert [r["variant"] for r in rd.read_registry()] == ["unweighted", "gradcam", "oracle", "random", "l1"]
     df, summary = rd.read_evaluation()
     assert list(df.columns) == ["variant", "acceleration", "seed", "volume", "nmse", "psnr", "ssim",
-                                "roi_nmse", "roi_psnr", "roi_ssim", "seconds"]
+                                "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity", "seconds"]
     assert "comparisons" in summary
     for nb in NOTEBOOKS:
         assert _images(rd.executed(nb)) >= 2, f"{nb} shows too few figures"

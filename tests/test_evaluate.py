@@ -143,7 +143,7 @@ def _table(n_volumes=8, seeds=(0, 1), with_roi=True):
         df[m] = 0.5
     for m in ROI_METRICS:
         df[m] = df["psnr"] if with_roi else np.nan
-    return df[list(ev.COLUMNS)]
+    return df[[c for c in ev.COLUMNS if c != "lesion_fidelity"]]  # real data has no twins: no lesion fidelity
 
 
 def test_summarize_known_answer():
@@ -277,3 +277,20 @@ def test_evaluate_bad_inputs(run_dir, tmp_path):
     bad.manifest_path.unlink()
     with pytest.raises(DataError, match=f"{bad.manifest_path.name}.*01_data"):
         bad.read_manifest()
+
+
+def test_lesion_fidelity_is_the_share_of_the_lesion_that_survives():
+    from mrlib.metrics import lesion_fidelity
+
+    twin = np.abs(RNG.normal(1.0, 0.2, (2, 12, 12)))
+    mask = np.zeros(twin.shape, bool)
+    mask[1, 3:7, 4:9] = True
+    gt = twin + 0.8 * mask
+    assert lesion_fidelity(gt, gt, twin, mask) == pytest.approx(1.0)
+    assert lesion_fidelity(gt, twin, twin, mask) == pytest.approx(0.0)  # the lesion is gone
+    assert lesion_fidelity(gt, twin + 0.4 * mask, twin, mask) == pytest.approx(0.5)
+    outside = gt + 3.0 * ~mask  # what happens outside the lesion does not count
+    assert lesion_fidelity(gt, outside, twin, mask) == pytest.approx(1.0)
+    assert np.isnan(lesion_fidelity(twin, twin, twin, mask))  # no lesion signal
+    with pytest.raises(DataError, match="shapes differ"):
+        lesion_fidelity(gt, gt[:1], twin, mask)
