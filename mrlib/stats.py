@@ -304,7 +304,8 @@ ALPHA = 0.05
 
 def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
                      strengths: Mapping[str, Mapping[str, float]] | None = None,
-                     metrics: Sequence[str] = ("psnr", "ssim", "roi_psnr", "roi_ssim")) -> dict[str, Any]:
+                     metrics: Sequence[str] = ("psnr", "ssim", "roi_psnr", "roi_ssim", "lesion_fidelity")
+                     ) -> dict[str, Any]:
     """The confirmatory design of chapter 6 on the rows of :func:`mrlib.evaluate.evaluate`.
 
     Args:
