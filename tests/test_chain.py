@@ -48,7 +48,7 @@ def test_every_chapter_wrote_its_results(smoke_run):
         "source,seed,method,layer,grid,split,n_slices,pointing_game,energy_in_box,iou"
     groups = pd.read_csv(rd.localization(by_group=True))
     assert {"lesion kind", "acquisition"} == set(groups.group) and (groups.n_slices > 0).all()
-    assert [r["variant"] for r in rd.read_registry()] == ["unweighted", "gradcam", "oracle", "random", "l1"]
+    assert [r["variant"] for r in rd.read_registry()] == ["unweighted", "gradcam", "shuffled", "oracle", "random", "l1"]
     df, summary = rd.read_evaluation()
     assert list(df.columns) == ["variant", "acceleration", "seed", "volume", "nmse", "psnr", "ssim",
                                 "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity", "seconds"]
