@@ -380,7 +380,13 @@ def evaluate_run(
                   save_variants=save_variants if write else ())
     summary = summarize(df, reference=reference)
     if declared:
-        summary.update(decisive_summary(df, declared, strengths(rd.read_registry())))
+        arms = [declared[k] for k in ("reference", "positive_control", "primary")]
+        absent = [a for a in arms if a not in set(df["variant"])]
+        if absent:
+            summary["notes"].append(f"no confirmatory result: the declared arm(s) {', '.join(absent)} were not "
+                                    "trained or not evaluated in this run")
+        else:
+            summary.update(decisive_summary(df, declared, strengths(rd.read_registry())))
     if write:
         rd.write_evaluation(df, summary)
     return df, summary

@@ -149,36 +149,44 @@ def declaration(preset: str, parameters: dict[str, Any]) -> dict[str, Any]:
     return {**{k: parameters[k] for k in DECLARED if k in parameters}, "declared_in": f"preset {preset}"}
 
 
-def declared_comparisons(rd: RunDir, current: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, list[str]]:
-    """The confirmatory design of a run, checked against its preset.
+def declared_comparisons(rd: RunDir, current: dict[str, Any], preset: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The confirmatory design of a run, checked against its preset's declaration.
+
+    The run's record is ``run.json``'s ``declared`` (written when ``python -m mrlib run``
+    starts). A run made notebook by notebook (papermill) has none: its record is then what
+    its trained arms recorded (chapter 5's registry: ``alpha``, ``weight_rule``,
+    ``threshold``, ``cam_method``, ``roi_source``, ``gate``) and ``current``.
 
     Args:
-        current: declared parameters as the caller (chapter 6) has them now; each must
-            equal the run's record too.
+        current: chapter 6's declared parameters (``primary``, ``positive_control``,
+            ``primary_metric``, ``primary_acceleration``); each must equal the record too.
+        preset: the preset the run claims (chapter 6's ``preset`` parameter).
 
     Returns:
         ``(declared, problems)``. ``declared`` holds the reference, the arms' variant keys
         as chapter 5 names their runs (``positive_control``, ``primary``), ``metric``,
-        ``acceleration`` and ``declared_in``; it is ``None`` when the run has no record of its
-        declaration or its record differs from the preset's, and ``problems`` says why
-        (each differing parameter with both values).
+        ``acceleration`` and ``declared_in``; it is ``None`` when the record differs from
+        the preset's declaration, and ``problems`` then says how (each differing parameter
+        with both values).
     """
-    if not rd.stamp.is_file():
-        return None, [f"{rd.stamp} is missing: the run was not started by `python -m mrlib run`, so nothing was "
-                      "declared before it"]
-    stamp = rd.read_stamp()
-    recorded = stamp.get("declared")
-    if not recorded:
-        return None, [f"{rd.stamp} records no declaration (a run started before declarations were recorded)"]
-    preset = stamp.get("preset", "")
     want = declaration(preset, flat_parameters(preset_parameters(preset)))
+    stamp = rd.read_stamp() if rd.stamp.is_file() else {}
+    if stamp.get("preset", preset) != preset:
+        return None, [f"chapter 6 was given preset {preset!r}, the run was started with {stamp['preset']!r}"]
+    recorded, params = stamp.get("declared"), stamp.get("parameters", {})
+    if not recorded:  # a run made notebook by notebook: what its arms recorded
+        arms = {r["variant"]: r for r in rd.read_registry()}
+        params = {**want, **current}
+        primary = arms.get(make_variant(current["primary"], params).key, {})
+        recorded = {**{k: primary.get(k, want[k]) for k in want if k not in current}, **current,
+                    "declared_in": want["declared_in"]}
+        params = {**params, **{k: v for k, v in recorded.items() if k != "declared_in"}}
     problems = [f"{k}: the preset declares {want[k]!r}, this run used {recorded.get(k)!r}"
                 for k in want if recorded.get(k) != want[k]]
     problems += [f"{k}: the run declared {recorded.get(k)!r} when it started, chapter 6 now asks for {v!r}"
-                 for k, v in (current or {}).items() if recorded.get(k) != v]
+                 for k, v in current.items() if recorded.get(k) != v]
     if problems:
         return None, problems
-    params = stamp.get("parameters", {})
     return {"reference": "unweighted",
             "positive_control": make_variant(recorded["positive_control"], params).key,
             "primary": make_variant(recorded["primary"], params).key,

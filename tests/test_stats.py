@@ -175,3 +175,25 @@ def test_the_first_page_gets_the_runs_answer_or_says_why_not(tmp_path):
     summary = stats.decisive_summary(_study(1.0), DECLARED, metrics=("roi_psnr",))
     rd.write_evaluation(_study(1.0), summary)
     assert write_answer(rd).read_text() == report.answer_paragraph(rd.read_evaluation()[1]) + "\n"
+
+
+def test_the_declaration_is_checked_against_the_preset(tmp_path):
+    from mrlib.pipeline import claim_run_dir, declared_comparisons, flat_parameters, preset_parameters
+    from mrlib.rundir import RunDir
+
+    params = flat_parameters(preset_parameters("default"))
+    current = {k: params[k] for k in ("primary", "positive_control", "primary_metric", "primary_acceleration")}
+    rd = RunDir(tmp_path / "run")
+    claim_run_dir(rd, "default", params, ["01_data"])
+    declared, problems = declared_comparisons(rd, current, "default")
+    assert problems == [] and declared["positive_control"] == "oracle[alpha=50]"
+    assert declared["primary"] == "gradcam[alpha=50,weight_rule=matched]" and declared["acceleration"] == 8
+    assert declared["declared_in"] == "preset default"
+    # chapter 6 asked for another acceleration than the run declared: refused, and said why
+    declared, problems = declared_comparisons(rd, {**current, "primary_acceleration": 4}, "default")
+    assert declared is None and "primary_acceleration" in problems[0]
+    # a run started with another strength than its preset declares
+    other = RunDir(tmp_path / "other")
+    claim_run_dir(other, "default", {**params, "alpha": 16.0}, ["01_data"])
+    declared, problems = declared_comparisons(other, current, "default")
+    assert declared is None and any("alpha" in p and "16.0" in p for p in problems)
