@@ -24,6 +24,7 @@ directory and its rows of ``metrics.csv``.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
@@ -200,8 +201,10 @@ class Shuffled(GradCAM):
 
     def weights(self, bank, context):
         w = super().weights(bank, context)
-        gated_on = w.flatten(1).amax(dim=1) > 1
-        perm = cross_volume_derangement(bank.files, gated_on.numpy(), np.random.default_rng([context.seed, 1]))
+        mapped = (w.flatten(1).amax(dim=1) > 1).numpy()  # slices with no map (gated off, or empty) all weigh 1
+        perm = np.arange(len(w))
+        perm[mapped] = np.flatnonzero(mapped)[cross_volume_derangement(
+            np.asarray(bank.files)[mapped], np.zeros(int(mapped.sum())), np.random.default_rng([context.seed, 1]))]
         return w[torch.from_numpy(perm)]
 
 
@@ -210,9 +213,9 @@ def cross_volume_derangement(files: Sequence[str], groups: Sequence, rng: np.ran
     group (e.g. gate state): within each group the volumes are put in a random order, their
     slices in a random order, and the list is rotated by its largest volume's count.
 
-    Raises:
-        DataError: a group where one volume holds more than half the slices (no such
-            permutation exists).
+    Where one volume holds more than half of a group's slices no such permutation exists;
+    the rotation then leaves the fewest slices (``2 * largest - n``) with a map of their own
+    volume, and a warning says how many.
     """
     files, groups = np.asarray(files), np.asarray(groups)
     perm = np.arange(len(files))
@@ -221,10 +224,11 @@ def cross_volume_derangement(files: Sequence[str], groups: Sequence, rng: np.ran
         stems = rng.permutation(list(dict.fromkeys(files[idx].tolist())))
         order = np.concatenate([rng.permutation(idx[files[idx] == stem]) for stem in stems])
         largest = max(int((files[idx] == stem).sum()) for stem in stems)
-        if 2 * largest > len(idx):
-            raise DataError("shuffled", f"one volume holds {largest} of the {len(idx)} slices of a gate state: "
-                                        "no slice order gives every slice another volume's map")
         perm[order] = np.roll(order, -largest)
+        same = int((files[perm[idx]] == files[idx]).sum())
+        if same:
+            warnings.warn(f"shuffled: one volume holds {largest} of {len(idx)} mapped slices, so {same} of them keep "
+                          "a map of their own volume", stacklevel=2)
     return perm
 
 
