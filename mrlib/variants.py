@@ -196,8 +196,8 @@ class GradCAM(LossVariant):
 
 class Shuffled(GradCAM):
     name = "shuffled"
-    description = ("the Grad-CAM arm's weights, each slice given the map of a slice of another volume with the same "
-                   "gate state: the right weight histogram in the wrong place (Grad-CAM's control)")
+    description = ("the Grad-CAM arm's weights, each slice that has a map given the map of a slice of another "
+                   "volume: the right weight histogram in the wrong place (Grad-CAM's control)")
 
     def weights(self, bank, context):
         w = super().weights(bank, context)
@@ -294,7 +294,8 @@ class _BoxVariant(LossVariant):
 
 class Oracle(_BoxVariant):
     name = "oracle"
-    description = "MSE up-weighted inside the true lesion boxes: the best an ROI weighting could do"
+    description = ("MSE up-weighted inside the true lesion boxes: a reference with the true boxes at the same "
+                   "strength (the positive control), not an upper bound")
 
     def place(self, boxes, bank, index, rng):
         return boxes
