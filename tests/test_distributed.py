@@ -1,4 +1,5 @@
-"""DDP on 2 CPU processes (gloo) equals one process on the combined batch; whole volumes per rank."""
+"""DDP on 2 CPU processes (gloo) equals one process on the combined batch, for the plain and
+the ROI-weighted loss; whole volumes per rank."""
 
 import os
 import socket
@@ -16,7 +17,7 @@ from mrlib.recon import SliceBank
 from mrlib.rundir import CheckpointDir, RunDir
 from mrlib.train import load_checkpoint
 from mrlib.unet import train_unet
-from mrlib.variants import Unweighted
+from mrlib.variants import LossVariant, Unweighted
 
 SPEC = MaskSpec("random", (4,), (0.08,))
 
@@ -32,11 +33,25 @@ def _banks(data):
             SliceBank(fastmri_h5.list_volumes(base / "singlecoil_val")))
 
 
-def _train(data, out, epochs, dist=None, shards=None, resume=True):
+class Stripes(LossVariant):
+    """Unregistered test variant: weight 10 on one band of rows that moves with the slice's
+    index, 1 elsewhere, so every image of a batch has a different weight sum."""
+
+    def weights(self, bank, context):
+        w = torch.ones(bank.target.shape)
+        for i in range(len(bank)):
+            top = (5 * i) % (w.shape[1] - 6)
+            w[i, top:top + 1 + i % 6] = 10.0
+        return w
+
+
+def _train(data, out, epochs, dist=None, shards=None, resume=True, variant=None):
     torch.manual_seed(0)
     model = build_unet("unet", chans=4, num_pool_layers=2)
     train, val = _banks(data)
-    return train_unet(model, train, val, SPEC, Unweighted(), out, epochs=epochs, batch_size=2,
+    variant = variant or Unweighted()
+    weights = {k: variant.weights(bank, None) for k, bank in (("train_weights", train), ("val_weights", val))}
+    return train_unet(model, train, val, SPEC, variant, out, epochs=epochs, batch_size=2, **weights,
                       seed=1, resume=resume, config={"test": 1}, progress=False, dist=dist, shards=shards)
 
 
@@ -52,6 +67,7 @@ def _worker(rank, world, port, data, out):
         _train(data, out / "straight", 2, dist=ctx)
         _train(data, out / "resumed", 1, dist=ctx)   # killed after one epoch ...
         _train(data, out / "resumed", 2, dist=ctx)   # ... and continued
+        _train(data, out / "weighted", 2, dist=ctx, variant=Stripes())
     finally:
         cleanup()
 
@@ -64,15 +80,18 @@ def _free_port():
 
 def test_ddp_two_processes_equal_one_process_on_combined_batch(data, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), data, tmp_path), nprocs=2, join=True)
-    ref = _train(data, tmp_path / "single", 2, shards=2)
-    for run in ("straight", "resumed"):
+    refs = {"single": _train(data, tmp_path / "single", 2, shards=2),
+            "single weighted": _train(data, tmp_path / "single weighted", 2, shards=2, variant=Stripes())}
+    # the weighted loss normalises per image, then takes the batch mean: exact under DDP too
+    assert refs["single weighted"][-1]["train_loss"] != pytest.approx(refs["single"][-1]["train_loss"], rel=1e-3)
+    for run, single_dir in (("straight", "single"), ("resumed", "single"), ("weighted", "single weighted")):
         ckpt = load_checkpoint(CheckpointDir(tmp_path / run).last)
         hist = ckpt["history"]
         assert [h["epoch"] for h in hist] == [1, 2]
-        for got, want in zip(hist, ref):
+        for got, want in zip(hist, refs[single_dir]):
             for key in ("train_loss", "val_loss", "val_mse"):
                 assert got[key] == pytest.approx(want[key], rel=1e-4), (run, key)
-        single = load_checkpoint(CheckpointDir(tmp_path / "single").last)["model"]
+        single = load_checkpoint(CheckpointDir(tmp_path / single_dir).last)["model"]
         for name, w in single.items():
             torch.testing.assert_close(ckpt["model"][name], w, rtol=1e-4, atol=1e-5)
     # rank 0 alone wrote: one set of files, no stray temporaries
