@@ -9,10 +9,13 @@ maps find them, apart from the chapters: generate a cohort in memory, train
   LayerCAM at ``--layer`` on the evaluation lesion slices, beside the training boxes' prior.
 
 Run: ``python benchmarks/bench_slice_classifier.py [--n-train 100] [--epochs 20] [--precision bf16]``.
-Diagnostic variants, none of them the chapters' method: ``--max-pool`` (global max instead of
-average pooling), ``--batch-norm`` (a BatchNorm after each convolution), ``--twin-negatives``
-(each lesion slice's negative is its own lesion-free twin: synthetic data only).
-The issue notes' classifier tables were measured with it (cohort seed 7, 128 px, 10 slices).
+It trains the chapters' per-slice classifier by default (:class:`mrlib.models.SliceNet`, width 16,
+lr 1e-3, half of the negatives the positive's own lesion-free twin: ``--twin-share``).
+``--arch mrnet`` trains MRNet's AlexNet features instead, with the diagnostic switches
+``--max-pool`` (global max instead of average pooling) and ``--batch-norm`` (a BatchNorm after
+each convolution).
+The issue notes' classifier tables were measured with it (cohort seed 7, 128 px, 10 slices);
+that cohort is a development cohort, apart from every preset's data.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from torch import nn
 from mrlib import cam, classifier
 from mrlib.data import synth
 from mrlib.metrics import energy_in_boxes, pointing_game, roc_auc
-from mrlib.models import MRNet
+from mrlib.models import MRNet, SliceNet
 
 
-def cohort(cfg: synth.SynthConfig, seed: int, counts: dict[str, int]):
+def cohort(cfg: synth.SynthConfig, seed: int, counts: dict[str, int], size: int):
     """A per-slice ExamSet (targets at native size, a slice positive when a lesion crosses
     it), each volume's lesion-free twin prepared alike, and each volume's lesion mask."""
     exams, twins, masks, per_slice, split_of = [], [], [], [], []
@@ -43,8 +46,8 @@ def cohort(cfg: synth.SynthConfig, seed: int, counts: dict[str, int]):
             mask = np.zeros(vol.target.shape, bool)
             for lesion in vol.lesions:
                 mask |= lesion.mask
-            exams.append(classifier.prepare_exam(vol.target, size=cfg.image_size))
-            twins.append(classifier.prepare_exam(vol.twin, size=cfg.image_size))
+            exams.append(classifier.prepare_exam(vol.target, size=size))
+            twins.append(classifier.prepare_exam(vol.twin, size=size))
             masks.append(mask)
             per_slice.append(mask.any(axis=(1, 2)).astype(int))
             split_of.append(split)
@@ -54,27 +57,12 @@ def cohort(cfg: synth.SynthConfig, seed: int, counts: dict[str, int]):
     return classifier.ExamSet(exams, labels, [str(i) for i in range(len(exams))], splits, per_slice), twins, masks
 
 
-def with_twin_negatives(data: classifier.ExamSet, twins: list) -> classifier.ExamSet:
-    """The training split plus each training volume's twin as an all-negative exam; an epoch
-    then visits every lesion slice and the same slice of its twin (patches the sampler)."""
-    train = list(data.splits["train"])
-    exams, labels = list(data.exams), list(data.slice_labels)
-    twin_of = {}
-    for i in train:
-        twin_of[i] = len(exams)
-        exams.append(twins[i])
-        labels.append(np.zeros_like(data.slice_labels[i]))
-    splits = {**data.splits, "train": np.array(train + [twin_of[i] for i in train])}
-    offsets = np.cumsum([0] + [len(labels[i]) for i in splits["train"]])
-    start = {i: int(offsets[k]) for k, i in enumerate(splits["train"])}
-
-    def paired(slice_labels, idx, rng, n_bins=5):
-        pos = [start[i] + s for i in train for s in np.flatnonzero(slice_labels[i])]
-        neg = [start[twin_of[i]] + s for i in train for s in np.flatnonzero(slice_labels[i])]
-        return rng.permutation(np.array(pos + neg, dtype=np.int64))
-    classifier.matched_negatives = paired
-    return classifier.ExamSet(exams, np.r_[data.labels, np.zeros(len(train), int)], [str(i) for i in range(len(exams))],
-                              splits, labels)
+def to_image(maps: np.ndarray, size: int) -> np.ndarray:
+    """``(S, s, s)`` maps over the classifier's input resampled to the ``(S, size, size)`` image."""
+    if maps.shape[-1] == size:
+        return maps
+    return torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(size, size), mode="bilinear",
+                                           align_corners=False)[:, 0].numpy()
 
 
 def boxes_of(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -89,27 +77,35 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--contrast", type=float, nargs=2, default=(0.4, 0.9))
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--seed", type=int, default=0, help="the classifier's seed")
     parser.add_argument("--cohort-seed", type=int, default=7)
-    parser.add_argument("--layer", default="features.4",
-                        help="the CAM layer (after conv2; with --batch-norm that ReLU is features.6)")
+    parser.add_argument("--layer", nargs="+", default=["auto"],
+                        help="CAM layers: auto is the model's own; slicenet's ReLUs are features.2, .6, .10, .13; "
+                             "mrnet's features.4 is after conv2 (with --batch-norm that ReLU is features.6, "
+                             "and the last ReLU features.16)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="the classifier's input size; above the image size the slices are upsampled")
     parser.add_argument("--max-pool", action="store_true")
     parser.add_argument("--batch-norm", action="store_true")
-    parser.add_argument("--twin-negatives", action="store_true")
+    parser.add_argument("--twin-share", type=float, default=0.5,
+                        help="share of the negatives that are the positive's own lesion-free twin slice")
+    parser.add_argument("--arch", default="slicenet", choices=["slicenet", "mrnet"])
+    parser.add_argument("--width", type=int, default=16, help="slicenet: the first block's channels (doubling)")
     args = parser.parse_args()
     cfg = synth.SynthConfig(image_size=128, n_slices=10, lesion_contrast=tuple(args.contrast))
     t0 = time.perf_counter()
-    data, twins, masks = cohort(cfg, args.cohort_seed, {"train": args.n_train, "val": args.n_val, "test": args.n_test})
+    size = args.input_size or cfg.image_size
+    data, twins, masks = cohort(cfg, args.cohort_seed, {"train": args.n_train, "val": args.n_val, "test": args.n_test},
+                                size)
     test = data.splits["test"]
-    if args.twin_negatives:
-        data = with_twin_negatives(data, twins)
+    data = data._replace(twins={int(i): twins[i] for i in data.splits["train"]})
     t1 = time.perf_counter()
     torch.manual_seed(args.seed)
-    model = MRNet()
+    model = SliceNet(args.width) if args.arch == "slicenet" else MRNet()
     if args.batch_norm:
         model.features = nn.Sequential(*[m for layer in model.features for m in (
             (layer, nn.BatchNorm2d(layer.out_channels)) if isinstance(layer, nn.Conv2d) else (layer,))])
@@ -118,7 +114,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         history = classifier.train_slice_classifier(model, data, out, epochs=args.epochs, lr=args.lr,
                                                     weight_decay=args.weight_decay, seed=args.seed,
-                                                    precision=args.precision, progress=False)
+                                                    precision=args.precision, progress=False,
+                                                    twin_share=args.twin_share)
     t2 = time.perf_counter()
     model.eval()
     logits = np.concatenate(classifier.slice_logits(model, data.exams, test, torch.device("cpu")))
@@ -128,8 +125,9 @@ def main() -> None:
         for s in np.flatnonzero(data.slice_labels[i]):
             for x0, y0, w, h in boxes_of(masks[i][s]):
                 prior[y0:y0 + h, x0:x0 + w] += 1
-    lesion, twin, scores = [], [], {"box prior": [], "gradcam": [], "layercam": []}
-    layer = dict(model.named_modules())[args.layer]
+    methods = [(m, layer) for layer in args.layer for m in ("gradcam", "layercam")]
+    lesion, twin, scores = [], [], {"box prior": [], **{f"{m} {layer}": [] for m, layer in methods}}
+    modules = {name: cam.default_target_layer(model, name) for name in args.layer}
     for i in test:
         slices = np.flatnonzero(data.slice_labels[i])
         if len(slices) == 0:
@@ -137,7 +135,8 @@ def main() -> None:
         with torch.no_grad():
             lesion += model.slice_logits(data.exams[i][slices])[:, 0].tolist()
             twin += model.slice_logits(twins[i][slices])[:, 0].tolist()
-        maps = {m: cam.slice_cams(model, data.exams[i][slices], m, target_layer=layer)[0] for m in ("gradcam", "layercam")}
+        maps = {f"{m} {layer}": to_image(cam.slice_cams(model, data.exams[i][slices], m, target_layer=modules[layer])[0],
+                                         cfg.image_size) for m, layer in methods}
         for k, s in enumerate(slices):
             boxes = boxes_of(masks[i][s])
             for name in scores:

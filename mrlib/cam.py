@@ -71,8 +71,12 @@ from .stats import cluster_bootstrap
 #: The CAM methods by lowercase name.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
 
-#: Name of the default target layer, as stored in the heatmap file.
+#: Name of the default target layer, as stored in the heatmap file, of a model that names none
+#: (MRNet's is the same: conv2's ReLU).
 DEFAULT_TARGET_LAYER = "features.4"
+#: The ``cam_layer`` value that means each classifier's own ``cam_layer`` (MRNet: ``features.4``,
+#: SliceNet: ``features.13``).
+AUTO_LAYER = "auto"
 
 FORMAT_VERSION = 1
 
@@ -96,8 +100,10 @@ def check_method(method: str) -> type:
     return METHODS[key]
 
 
-def default_target_layer(model: nn.Module, name: str = DEFAULT_TARGET_LAYER) -> nn.Module:
-    """The module ``name`` of ``model`` (default ``features.4``, conv2's rectified maps).
+def default_target_layer(model: nn.Module, name: str = AUTO_LAYER) -> nn.Module:
+    """The module ``name`` of ``model``; ``"auto"`` (the default) is the model's own
+    ``cam_layer`` (MRNet's ``features.4``, conv2's rectified maps; :class:`~mrlib.models.SliceNet`'s
+    ``features.13``), or :data:`DEFAULT_TARGET_LAYER` for a model that names none.
 
     Always hook a ReLU (``features.1``, ``.4``, ``.7``, ``.9``, ``.11``), not the Conv2d
     before it:
@@ -112,6 +118,8 @@ def default_target_layer(model: nn.Module, name: str = DEFAULT_TARGET_LAYER) -> 
       different maps for the same model. Each ReLU is followed by a max-pool or a
       convolution, which does not write in place, so its maps do not depend on the device.
     """
+    if name == AUTO_LAYER:
+        name = getattr(model, "cam_layer", DEFAULT_TARGET_LAYER)
     modules = dict(model.named_modules())
     if name not in modules or not isinstance(modules[name], nn.ReLU):
         relus = [n for n, m in modules.items() if isinstance(m, nn.ReLU)]
@@ -397,7 +405,7 @@ def exam_localization(
     input_size: int = INPUT_SIZE,
     flip_ud: bool = False,
     batch_size: int = 16,
-    layer: str = DEFAULT_TARGET_LAYER,
+    layer: str = AUTO_LAYER,
 ):
     """Localisation on the classifier's own kind of data: exams scored against their boxes.
 

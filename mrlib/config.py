@@ -109,7 +109,14 @@ class ClassifierConfig(_Config):
     plane: str = _f("sagittal", "MRNet-v1.0 plane (kneeMRI is sagittal only)")
     mrnet_epochs: int = _f(2, "training epochs of an exam classifier (kneemri, mrnet)")
     slice_epochs: int = _f(2, "training epochs of a per-slice classifier (fastmri)")
-    mrnet_lr: float = _f(1e-4, "Adam learning rate (Bien et al. 2018 fine-tune ImageNet weights at 1e-5; "
+    slice_arch: str = _f("slicenet", "the per-slice (fastmri) classifier: slicenet (a small stride-1 CNN with global "
+                                     "max pooling, which learns the synthetic lesions) or mrnet (AlexNet's features, "
+                                     "which did not)")
+    slice_lr: float = _f(1e-3, "Adam learning rate of a per-slice classifier (fastmri)")
+    twin_negatives: float = _f(0.5, "per-slice classifier: the share of negatives that are the same slice of the "
+                                    "positive's own lesion-free twin (synthetic data only; the rest are "
+                                    "position-matched slices without a lesion)")
+    mrnet_lr: float = _f(1e-4, "Adam learning rate of an exam classifier (Bien et al. 2018 fine-tune ImageNet weights at 1e-5; "
                                "from scratch on a CPU 1e-4)")
     mrnet_weight_decay: float = _f(0.0, "Adam weight decay; Bien et al. 2018 use 0.01 to fine-tune ImageNet weights, "
                                         "from scratch it slowed learning")

@@ -91,6 +91,12 @@ def load_run(run_dir: str | Path | RunDir, run: Mapping[str, Any], device) -> to
     return model.to(device).eval()
 
 
+def run_precision(run: Mapping[str, Any]) -> str:
+    """The arithmetic a run trained with, which its inference uses too (runs recorded before
+    precision was: ``fp32``)."""
+    return run.get("precision", "fp32")
+
+
 def read_evaluation_split(run_dir: str | Path | RunDir) -> tuple[dict, list[Path], pd.DataFrame | None]:
     """The manifest, the evaluation volumes' paths and the boxes (image coordinates, or None)."""
     rd = as_run_dir(run_dir)
@@ -216,7 +222,7 @@ def evaluate(
                 written = {}
                 for stem in stems:
                     recon, seconds = reconstruct(model, bank, stem, func, batch_size=batch_size,
-                                                 precision=run.get("precision", "fp32"))
+                                                 precision=run_precision(run))
                     score(run["variant"], acc, run["seed"], stem, recon, seconds)
                     if keep:
                         written[stem] = recon
@@ -263,7 +269,7 @@ def infer(
     device = pick_device(device) if isinstance(device, str) else device
     chosen = sorted(first_seeds(runs))
     chosen_runs = [next(r for r in runs if r["variant"] == v and int(r["seed"]) == s) for v, s in chosen]
-    models = [(r["variant"], int(r["seed"]), load_run(rd, r, device), r.get("precision", "fp32")) for r in chosen_runs]
+    models = [(r["variant"], int(r["seed"]), load_run(rd, r, device), run_precision(r)) for r in chosen_runs]
     entries = {f["name"]: f for split in manifest["splits"].values() for f in split["files"]}
     split_of = {a["file"]: a["split"] for a in manifest["roles"]}
     writers: dict[tuple[str, int, str, int], FolderWriter] = {}
@@ -349,7 +355,7 @@ def volume_reconstructions(
         if run is None:
             raise ParameterError("seed", f"variant {variant!r} has no run with seed {seed}")
         recons[variant] = reconstruct(load_run(run_dir, run, device), bank, stem, func, batch_size,
-                                      precision=run.get("precision", "fp32"))[0]
+                                      precision=run_precision(run))[0]
     return bank.target.cpu().numpy(), recons, boxes_by_slice(boxes, stem)
 
 

@@ -10,6 +10,12 @@
   forward pass never uses; this module holds only what the forward pass uses. Trained
   from scratch, its convolutions start from He et al. (2015) initialisation (see
   :func:`he_init`).
+* :class:`SliceNet` is the in-domain ROI source's per-slice lesion detector: four 3 x 3
+  convolution blocks at stride 1 and global *max* pooling. Trained from scratch on the
+  synthetic lesions, MRNet's AlexNet features (11 x 11 at stride 4, then two max-pools)
+  did not learn to tell a lesion slice from the same slice of its lesion-free twin
+  (loss at chance), and its maps did not find the lesions; this network did, at a third of
+  the cost (``benchmarks/bench_slice_classifier.py``, the issue notes).
 """
 
 from __future__ import annotations
@@ -72,13 +78,16 @@ def he_init(module: nn.Module) -> nn.Module:
 
 
 class MRNet(nn.Module):
-    """MRNet: one exam ``(S, 3, 224, 224)`` -> one logit ``(1,)``.
+    """MRNet: one exam ``(S, 3, 224, 224)`` -> one logit ``(1,)``; ``cam_layer`` is the ReLU
+    the CAM hooks by default (``features.4``, after conv2).
 
     Args:
         pretrained: load torchvision's ImageNet weights for the AlexNet features. They are
             downloaded on first use; offline, this raises a clear :class:`MrlibError`.
             Without them, the features start from :func:`he_init`.
     """
+
+    cam_layer = "features.4"
 
     def __init__(self, pretrained: bool = False) -> None:
         super().__init__()
@@ -113,6 +122,62 @@ class MRNet(nn.Module):
         if x.ndim != 4 or x.shape[0] == 0:
             raise MrlibError("MRNet input", f"expected one exam (S, 3, H, W) with S >= 1, got {tuple(x.shape)}")
         return self.classifier(self.slice_features(x).max(dim=0).values)
+
+
+class SliceNet(nn.Module):
+    """A small per-slice lesion detector: slices ``(S, 3, H, W)`` -> one logit each ``(S, 1)``.
+
+    ``features``: four blocks of 3 x 3 convolution, BatchNorm and ReLU with ``w``, ``2w``,
+    ``4w`` and ``8w`` channels at stride 1, a 2 x 2 max-pool after each of the first two,
+    so the last blocks see an ``(H/4, W/4)`` grid (32 x 32 at 128 px). Then global *max*
+    pooling and ``Linear(8w, 1)``: a lesion a few pixels wide moves the maximum of a
+    channel that responds to it, where an average over the whole grid would dilute it.
+
+    Same interface as :class:`MRNet`: :meth:`slice_logits` scores slices, ``forward`` an exam
+    (the maximum of its slices' logits), ``cam_layer`` is the ReLU the CAM hooks by default
+    (``features.13``, the last block's).
+    """
+
+    cam_layer = "features.13"
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ParameterError("width", f"must be a positive integer, got {width!r}")
+        layers: list[nn.Module] = []
+        c_in = 3
+        for k in range(4):
+            c_out = width * 2 ** k
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            layers += [nn.MaxPool2d(2)] if k < 2 else []
+            c_in = c_out
+        self.features = he_init(nn.Sequential(*layers))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.classifier = nn.Linear(c_in, 1)
+
+    def slice_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Each slice's logit: ``(S, 3, H, W) -> (S, 1)``."""
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """An exam ``(S, 3, H, W)`` (or ``(1, S, 3, H, W)``) -> ``(1,)``: its slices' largest logit."""
+        if x.ndim == 5 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise MrlibError("SliceNet input", f"expected one exam (S, 3, H, W) with S >= 1, got {tuple(x.shape)}")
+        return self.slice_logits(x).max(dim=0).values
+
+
+#: classifier architecture name -> constructor (chapter 3's ``slice_arch``; exam classifiers are MRNet)
+CLASSIFIER_ARCHS = {"mrnet": MRNet, "slicenet": SliceNet}
+
+
+def build_classifier(arch: str = "mrnet", pretrained: bool = False) -> nn.Module:
+    """A classifier by name: ``"mrnet"`` (:class:`MRNet`, ``pretrained`` as there) or
+    ``"slicenet"`` (:class:`SliceNet`)."""
+    if arch not in CLASSIFIER_ARCHS:
+        raise ParameterError("slice_arch", f"unknown classifier {arch!r}; use one of {', '.join(CLASSIFIER_ARCHS)}")
+    return MRNet(pretrained=pretrained) if arch == "mrnet" else SliceNet()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from .cam import gate_maps, heatmap_info, read_heatmaps
 from .data.annotations import boxes_for
-from .data.boxes import Box, as_boxes, boxes_mask
+from .data.boxes import Box, as_boxes, boxes_mask, foreground
 from .errors import DataError, ParameterError
 from .losses import box_weight_map, weight_map, weighted_mse
 
@@ -312,12 +312,12 @@ class Random(_BoxVariant):
 
 def boxes_in_foreground(boxes: Sequence, image: np.ndarray, rng: np.random.Generator, tries: int = 1000) -> list[Box]:
     """Boxes of the sizes of ``boxes`` placed in ``image`` ``(H, W)``: each centre uniform over
-    the foreground (pixels above a tenth of the maximum) eroded by the box, so the whole
+    the foreground (:func:`mrlib.data.boxes.foreground`) eroded by the box, so the whole
     box lies in the knee; a draw that overlaps a true box (or one placed before) is drawn
     again."""
     true = as_boxes(boxes)
     taken = boxes_mask(image.shape, true)
-    fg = image > 0.1 * image.max()
+    fg = foreground(image)
     out = []
     for box in true:
         inside = ndimage.binary_erosion(fg, np.ones((box.height, box.width), bool))

@@ -453,3 +453,16 @@ def test_a_hand_set_bright_spot_detector_maps_back_onto_its_lesion(tmp_path):
     assert boxes_mask((128, 128), box)[peak], f"peak {peak} outside the lesion box {box}"
     share = boxes_mask((128, 128), box).mean()
     assert energy_in_boxes(out["twin"], box) < 2 * share
+
+
+def test_auto_layer_is_each_classifiers_own_and_a_wrong_name_lists_the_relus():
+    from mrlib.models import SliceNet
+
+    mrnet, slicenet = MRNet(), SliceNet(4)
+    assert cam.default_target_layer(mrnet) is dict(mrnet.named_modules())["features.4"]
+    assert cam.default_target_layer(slicenet, "auto") is dict(slicenet.named_modules())["features.13"]
+    assert cam.default_target_layer(slicenet, "features.10") is slicenet.features[10]
+    with pytest.raises(ParameterError, match="features.13"):
+        cam.default_target_layer(slicenet, "features.4")  # MRNet's layer name is a BatchNorm here
+    maps, _ = cam.slice_cams(slicenet, torch.randn(2, 3, 32, 32), "layercam")
+    assert maps.shape == (2, 32, 32)

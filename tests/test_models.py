@@ -9,7 +9,7 @@ import torch
 from mrlib import classifier
 from mrlib.errors import DataError, MrlibError, ParameterError
 from mrlib.metrics import bootstrap_auc_ci, roc_auc, score_auc_ci
-from mrlib.models import MRNet, SeedUnet, count_parameters, fastmri_unet
+from mrlib.models import MRNet, SeedUnet, SliceNet, build_classifier, count_parameters, fastmri_unet
 from mrlib.rundir import CheckpointDir
 from mrlib.train import fit, load_weights, save_checkpoint
 
@@ -223,6 +223,49 @@ def test_matched_negatives_give_both_classes_the_same_position_histogram():
     np.testing.assert_array_equal(order, again)  # drawn from the rng alone
     with pytest.raises(ParameterError, match="positive and negative"):
         matched_negatives([np.zeros(4, dtype=int)], [0], np.random.default_rng(0))
+
+
+def test_slice_epoch_pairs_a_share_of_positives_with_their_own_twin_slice():
+    from mrlib.classifier import matched_negatives, slice_epoch
+
+    labels = [np.array([0, 0, 1, 1, 0, 0]), np.array([0, 1, 0, 0, 0, 0]), np.zeros(6, dtype=int),
+              np.array([0, 0, 0, 1, 0, 0])]
+    idx = [0, 1, 2, 3]
+    y = lambda rows: np.array([0 if t else labels[i][s] for i, s, t in rows])  # noqa: E731
+    flat = np.array([(i, s) for i in idx for s in range(6)])
+    plain = slice_epoch(labels, idx, np.random.default_rng(3))
+    np.testing.assert_array_equal(plain[:, :2], flat[matched_negatives(labels, idx, np.random.default_rng(3))])
+    assert (plain[:, 2] == 0).all()
+    # every negative a twin: each positive slice appears once as itself and once from its twin
+    rows = slice_epoch(labels, idx, np.random.default_rng(3), twins={0: None, 1: None, 3: None}, twin_share=1.0)
+    assert y(rows).sum() == len(rows) // 2 == 4
+    positives = sorted(map(tuple, rows[y(rows) == 1][:, :2]))
+    assert sorted(map(tuple, rows[rows[:, 2] == 1][:, :2])) == positives
+    # only exams with a twin are paired; half the share pairs some and leaves the rest matched
+    rows = slice_epoch(labels, idx, np.random.default_rng(3), twins={1: None}, twin_share=1.0)
+    assert [tuple(r[:2]) for r in rows if r[2]] == [(1, 1)]
+    shares = [slice_epoch(labels, idx, np.random.default_rng(k), twins={0: None, 1: None, 3: None},
+                          twin_share=0.5)[:, 2].sum() for k in range(200)]
+    assert 1.7 < np.mean(shares) < 2.3  # 4 positives x 0.5
+
+
+def test_slicenet_scores_slices_and_its_exam_is_their_maximum():
+    torch.manual_seed(0)
+    net = SliceNet(4).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        s = net.slice_logits(x)
+        assert s.shape == (5, 1)
+        assert net(x).item() == pytest.approx(s.max().item())
+        assert net(x[None]).item() == pytest.approx(s.max().item())
+    layers = dict(net.named_modules())
+    assert isinstance(layers[net.cam_layer], torch.nn.ReLU)
+    assert net.features[:-3](x).shape[-2:] == (8, 8)  # the last blocks see a quarter of the input size
+    assert isinstance(build_classifier("slicenet"), SliceNet) and isinstance(build_classifier("mrnet"), MRNet)
+    with pytest.raises(ParameterError, match="slice_arch"):
+        build_classifier("resnet")
+    with pytest.raises(MrlibError, match="S >= 1"):
+        net(torch.zeros(0, 3, 32, 32))
 
 
 def test_mrnet_from_scratch_starts_from_he_initialisation():

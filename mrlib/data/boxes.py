@@ -88,3 +88,10 @@ def crop_around(box, shape: tuple[int, int], size: int = 24) -> tuple[slice, sli
     rows = grow(max(b.y, 0), min(b.y + b.height, shape[0]), max(size, b.height), shape[0])
     cols = grow(max(b.x, 0), min(b.x + b.width, shape[1]), max(size, b.width), shape[1])
     return slice(*rows), slice(*cols)
+
+
+def foreground(image: np.ndarray) -> np.ndarray:
+    """The knee rather than the air around it: pixels of a ``(H, W)`` magnitude slice above a
+    tenth of its maximum, as a boolean ``(H, W)`` mask."""
+    image = np.asarray(image)
+    return image > 0.1 * image.max()
