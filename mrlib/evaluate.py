@@ -32,17 +32,20 @@ from .data.manifest import manifest_boxes, twin_files
 from .data.twins import read_twin
 from .errors import DataError, ParameterError
 from .masking import file_seed, make_masks
-from .metrics import METRICS, ZERO_FILLED, ZERO_FILLED_SEED, lesion_fidelity, roi_metrics, volume_metrics
+from .metrics import (METRICS, ROI_METRICS, ZERO_FILLED, ZERO_FILLED_SEED, lesion_fidelity, roi_metrics,
+                      volume_metrics)
 from .models import build_unet
 from .recon import SliceBank, load_bank, reconstruct, reconstruct_kspace, zero_filled_volume
 from .rundir import RunDir, as_run_dir
 from .runtime import pick_device, progress_bar
-from .stats import decisive_summary, summarize
+from .stats import comparison, decisive_summary, summarize
 from .submission import FolderWriter, score_folder, write_folder
 from .train import load_weights
 from .variants import make_variant
 
 COLUMNS = ("variant", "acceleration", "seed", "volume", *METRICS, "seconds")
+#: Columns of the per-kind ROI table (``RUN/evaluation/roi_by_kind.csv``).
+KIND_COLUMNS = ("variant", "acceleration", "seed", "volume", "kind", *ROI_METRICS)
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -146,6 +149,7 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     save_variants: Iterable[str] = (),
+    by_kind: list | None = None,
 ) -> pd.DataFrame:
     """Reconstruct the evaluation split at every acceleration and score every volume.
 
@@ -159,6 +163,9 @@ def evaluate(
         save_variants: variant keys whose first seed's reconstructions are also written
             in fastMRI's layout (:meth:`RunDir.reconstructions`, split = the manifest's
             ``evaluation_split``); every variant and seed would take tens of GB on real data.
+        by_kind: a list to extend with the ROI metrics of each (variant, acceleration,
+            seed, volume) restricted to the boxes of each lesion kind the volume holds, as
+            dicts with the keys :data:`KIND_COLUMNS`.
 
     Returns:
         One row per (variant, acceleration, seed, volume), columns :data:`COLUMNS`. The
@@ -194,13 +201,19 @@ def evaluate(
     twin_paths = twin_files(manifest)  # synthetic data only: the lesion-free twins
     twins = {stem: read_twin(twin_paths[stem]) for stem in stems if stem in twin_paths}
 
-    rows = []
+    kinds = {stem: sorted({b.label for bs in rois[stem].values() for b in bs}) for stem in stems}
+    rows, kind_rows = [], []
 
     def score(variant, acc, seed, stem, recon, seconds):
         gt = gts[stem]
         row = dict(variant=variant, acceleration=int(acc), seed=int(seed), volume=stem)
         row.update(volume_metrics(gt, recon, where=f"{variant} {stem}"))
         row.update(roi_metrics(gt, recon, rois[stem], maxval=float(gt.max())))
+        for label in kinds[stem]:
+            only = {s: [b for b in bs if b.label == label] for s, bs in rois[stem].items()}
+            kind_rows.append(dict(variant=variant, acceleration=int(acc), seed=int(seed), volume=stem, kind=label,
+                                  **roi_metrics(gt, recon, {s: b for s, b in only.items() if b},
+                                                maxval=float(gt.max()))))
         tw = twins.get(stem)
         row["lesion_fidelity"] = (lesion_fidelity(gt, recon, tw.twin, tw.masks.any(axis=0)) if tw is not None
                                   else float("nan"))
@@ -231,6 +244,8 @@ def evaluate(
                     write_folder(rd.reconstructions(manifest["evaluation_split"], run["variant"], run["seed"], acc),
                                  written)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
+    if by_kind is not None:
+        by_kind.extend(kind_rows)
     df.attrs["no_boxes"] = [s for s in stems if not rois[s]]
     n = len(df.attrs["no_boxes"])
     if 0 < n < len(stems):  # none at all: summarize() says so
@@ -371,7 +386,7 @@ def evaluate_run(
     declared: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Chapter 6's computation: :func:`evaluate`, :func:`mrlib.stats.summarize`, and both
-    written to the run directory when ``write`` (``mrlib evaluate RUN`` calls this too),
+    (with the per-kind ROI metrics) written to the run directory when ``write`` (``mrlib evaluate RUN`` calls this too),
     with the reconstructions of ``save_variants`` (first seed) in fastMRI's layout.
 
     With ``declared`` (:func:`mrlib.pipeline.declared_comparisons`), the summary also holds
@@ -382,8 +397,9 @@ def evaluate_run(
     Returns ``(metrics per volume, summary)``.
     """
     rd = as_run_dir(run_dir)
+    by_kind: list[dict[str, Any]] = []
     df = evaluate(rd, variants or None, device=device, batch_size=batch_size, progress=progress,
-                  save_variants=save_variants if write else ())
+                  save_variants=save_variants if write else (), by_kind=by_kind)
     summary = summarize(df, reference=reference)
     if declared:
         arms = [declared[k] for k in ("reference", "positive_control", "primary")]
@@ -394,8 +410,43 @@ def evaluate_run(
         else:
             summary.update(decisive_summary(df, declared, strengths(rd.read_registry())))
     if write:
-        rd.write_evaluation(df, summary)
+        rd.write_evaluation(df, summary, pd.DataFrame(by_kind, columns=list(KIND_COLUMNS)))
     return df, summary
+
+
+def roi_breakdown(df: pd.DataFrame, by_kind: pd.DataFrame | None, acquisitions: Mapping[str, str],
+                  reference: str = "unweighted", metric: str = "roi_psnr") -> pd.DataFrame:
+    """Each arm against ``reference``, and ``reference`` against zero filling, on ``metric``
+    within groups of volumes and boxes: by
+    acquisition (each volume's ROI metric, grouped by its ``acquisitions[volume]``) and by
+    lesion kind (``by_kind``: the metric over the boxes of that kind alone). Exploratory:
+    one :func:`mrlib.stats.comparison` (two-way bootstrap over seeds and volumes) per cell,
+    no adjustment, n in every row.
+
+    Returns:
+        one row per (group, variant, acceleration): ``group``, ``variant``, ``reference``,
+        ``acceleration``, ``n_volumes``, ``n_seeds``, ``mean`` (the arm's metric), ``diff``,
+        ``low``, ``high``.
+    """
+    groups = [(f"acquisition: {a}", df[df["volume"].map(acquisitions) == a]) for a in sorted(set(acquisitions.values()))]
+    if by_kind is not None and len(by_kind):
+        groups += [(f"kind: {k}", g) for k, g in by_kind.groupby("kind", sort=True)]
+    pairs = [(reference, ZERO_FILLED)] + [(v, reference) for v in dict.fromkeys(df["variant"])
+                                          if v not in (reference, ZERO_FILLED)]
+    rows = []
+    for group, g in groups:
+        for acc in sorted(g["acceleration"].unique()):
+            for arm, ref in pairs:
+                at = g[g["acceleration"] == acc]
+                if not ((at["variant"] == arm).any() and (at["variant"] == ref).any()):
+                    continue
+                c = comparison(g, arm, ref, metric, int(acc))
+                rows.append(dict(group=group, variant=arm, reference=ref, acceleration=int(acc),
+                                 n_volumes=c["n_volumes"], n_seeds=c["n_seeds"],
+                                 mean=float(at[at["variant"] == arm][metric].mean()), diff=c["diff"], low=c["ci"][0],
+                                 high=c["ci"][1]))
+    return pd.DataFrame(rows, columns=["group", "variant", "reference", "acceleration", "n_volumes", "n_seeds", "mean",
+                                       "diff", "low", "high"])
 
 
 def strengths(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

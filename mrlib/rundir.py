@@ -114,6 +114,7 @@ class RunDir:
     REGISTRY = "runs.json"
     EVALUATION = "evaluation"
     METRICS = "metrics.csv"
+    ROI_BY_KIND = "roi_by_kind.csv"
     SUMMARY = "summary.json"
     RECONSTRUCTIONS = "reconstructions"
     BOOK = "book"
@@ -341,8 +342,21 @@ class RunDir:
     def summary_json(self) -> Path:
         return self.root / self.EVALUATION / self.SUMMARY
 
-    def write_evaluation(self, df, summary: Mapping[str, Any]) -> tuple[Path, Path]:
+    @property
+    def roi_by_kind_csv(self) -> Path:
+        """The ROI metrics of each volume restricted to the boxes of one lesion kind
+        (:func:`mrlib.evaluate.evaluate`'s ``by_kind``)."""
+        return self.root / self.EVALUATION / self.ROI_BY_KIND
+
+    def write_evaluation(self, df, summary: Mapping[str, Any], roi_by_kind=None) -> tuple[Path, Path]:
+        """``metrics.csv``, ``summary.json`` and, when given, ``roi_by_kind.csv``."""
+        if roi_by_kind is not None:
+            write_text(self.roi_by_kind_csv, roi_by_kind.to_csv(index=False))
         return write_text(self.metrics_csv, df.to_csv(index=False)), write_json(self.summary_json, dict(summary))
+
+    def read_roi_by_kind(self):
+        """The per-kind ROI metrics chapter 6 wrote (a DataFrame), or ``None`` if it wrote none."""
+        return pd.read_csv(self.roi_by_kind_csv) if self.roi_by_kind_csv.is_file() else None
 
     def read_evaluation(self):
         """``(metrics DataFrame, summary dict)`` as chapter 6 wrote them."""

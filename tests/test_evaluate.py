@@ -1,5 +1,6 @@
 """Evaluation: fastMRI metrics, ROI metrics that read only the boxes, statistics, end to end."""
 
+import itertools
 import json
 import shutil
 
@@ -294,3 +295,30 @@ def test_lesion_fidelity_is_the_share_of_the_lesion_that_survives():
     assert np.isnan(lesion_fidelity(twin, twin, twin, mask))  # no lesion signal
     with pytest.raises(DataError, match="shapes differ"):
         lesion_fidelity(gt, gt[:1], twin, mask)
+
+
+def test_roi_breakdown_by_acquisition_and_kind_counts_and_pairs_volumes():
+    rows, kinds = [], []
+    vols = {"a": "CORPD_FBK", "b": "CORPD_FBK", "c": "CORPDFS_FBK"}
+    for v in vols:  # zero filling: deterministic, one row per volume, 2 dB below the U-Net
+        rows.append(dict(variant="zero-filled", acceleration=8, seed=-1, volume=v,
+                         roi_psnr={"a": 18.0, "b": 20.0, "c": 16.0}[v]))
+    for v, (variant, gain) in itertools.product(vols, (("unweighted", 0.0), ("oracle", 1.0))):
+        for seed in (0, 1):
+            base = {"a": 20.0, "b": 22.0, "c": 18.0}[v] + 0.1 * seed
+            rows.append(dict(variant=variant, acceleration=8, seed=seed, volume=v, roi_psnr=base + gain))
+            # volume c holds a second kind, on which the oracle gains 3 dB
+            kinds.append(dict(variant=variant, acceleration=8, seed=seed, volume=v, kind="BME", roi_psnr=base + gain))
+            if v == "c":
+                kinds.append(dict(variant=variant, acceleration=8, seed=seed, volume=v, kind="Meniscus Tear",
+                                  roi_psnr=base + 3 * gain))
+    both = ev.roi_breakdown(pd.DataFrame(rows), pd.DataFrame(kinds), vols)
+    unet = both[both.variant == "unweighted"].set_index("group")
+    assert set(unet.reference) == {"zero-filled"}
+    assert unet.loc["acquisition: CORPD_FBK", "diff"] == pytest.approx(2.05)  # zero filling pairs with every seed
+    table = both[both.variant == "oracle"].set_index("group")
+    assert list(table.index) == ["acquisition: CORPDFS_FBK", "acquisition: CORPD_FBK", "kind: BME", "kind: Meniscus Tear"]
+    assert list(table.n_volumes) == [1, 2, 3, 1] and set(table.n_seeds) == {2}
+    assert table.loc["kind: Meniscus Tear", "diff"] == pytest.approx(3.0)
+    assert table.loc["acquisition: CORPD_FBK", "diff"] == pytest.approx(1.0)
+    assert table.loc["acquisition: CORPD_FBK", "mean"] == pytest.approx(22.05)

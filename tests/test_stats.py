@@ -187,7 +187,7 @@ def test_the_declaration_is_checked_against_the_preset(tmp_path):
     claim_run_dir(rd, "default", params, ["01_data"])
     declared, problems = declared_comparisons(rd, current, "default")
     assert problems == [] and declared["positive_control"] == "oracle[alpha=50]"
-    assert declared["primary"] == "gradcam[alpha=50,weight_rule=matched]" and declared["acceleration"] == 8
+    assert declared["primary"] == "gradcam[alpha=50,weight_rule=matched,cam_method=layercam]" and declared["acceleration"] == 8
     assert declared["declared_in"] == "preset default"
     # chapter 6 asked for another acceleration than the run declared: refused, and said why
     declared, problems = declared_comparisons(rd, {**current, "primary_acceleration": 4}, "default")
