@@ -378,8 +378,8 @@ def train_slice_classifier(
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     config = {"lr": lr, "weight_decay": weight_decay, "seed": seed, "batch_size": batch_size, "shift": shift,
-              "schedule": "constant", "memory_format": "channels_last", "sampling": "position-matched negatives", "twin_share": twin_share if twins else 0.0,
-              "n_twins": len(twins), "precision": precision, "n_train_slices": n_items, "n_val_slices": len(y_val)}
+              "schedule": "constant", "memory_format": "channels_last", "sampling": "position-matched negatives",
+              "twin_share": twin_share if twins else 0.0, "n_twins": len(twins), "precision": precision, "n_train_slices": n_items, "n_val_slices": len(y_val)}
     return fit(model, batches, step, validate, optimizer, epochs, out_dir,
                monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice classifier",
                precision=precision)

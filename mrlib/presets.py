@@ -32,7 +32,7 @@ _DEFAULT_SYNTH = dict(
 )
 # MRNet from scratch on a CPU: 112 px input and lr 1e-4 (Bien et al.'s 1e-5 and 224 px
 # fine-tune ImageNet weights, which are not available offline). The in-domain classifier is
-# SliceNet, trained per slice at the native 128 px for 40 epochs on the ~140 lesion slices of
+# SliceNet, trained per slice at the native 128 px for 60 epochs on the ~140 lesion slices of
 # 100 training volumes, half of their negatives their own lesion-free twin slices; two
 # classifier seeds, so that U-Net seed s weights with the maps of classifier seed s mod 2.
 # The declared CAM method is LayerCAM at SliceNet's last ReLU (32 x 32): chosen on the
@@ -48,7 +48,7 @@ _DEFAULT_SYNTH = dict(
 # 220 s of training and 45 s of evaluation, which would take the main job past 15 minutes:
 # `study` has three.
 _DEFAULT_PARAMS = dict(
-    mrnet_epochs=6, slice_epochs=40, mrnet_input_size=112, classifier_seeds=[0, 1],
+    mrnet_epochs=6, slice_epochs=60, mrnet_input_size=112, classifier_seeds=[0, 1],
     methods=["layercam", "gradcam"], cam_method="layercam",
     variants=DEFAULT_ARMS, seeds=[0, 1], chans=16, pools=3, unet_epochs=5, unet_steps_per_epoch=36,
     lr_step=4, precision="bf16", weight_rule="matched", alpha=50.0,
