@@ -210,10 +210,13 @@ def evaluate(
         row.update(volume_metrics(gt, recon, where=f"{variant} {stem}"))
         row.update(roi_metrics(gt, recon, rois[stem], maxval=float(gt.max())))
         for label in kinds[stem]:
-            only = {s: [b for b in bs if b.label == label] for s, bs in rois[stem].items()}
+            if len(kinds[stem]) == 1:  # one kind: its boxes are all the boxes, already scored
+                scores = {k: row[k] for k in ROI_METRICS}
+            else:
+                only = {s: [b for b in bs if b.label == label] for s, bs in rois[stem].items()}
+                scores = roi_metrics(gt, recon, {s: b for s, b in only.items() if b}, maxval=float(gt.max()))
             kind_rows.append(dict(variant=variant, acceleration=int(acc), seed=int(seed), volume=stem, kind=label,
-                                  **roi_metrics(gt, recon, {s: b for s, b in only.items() if b},
-                                                maxval=float(gt.max()))))
+                                  **scores))
         tw = twins.get(stem)
         row["lesion_fidelity"] = (lesion_fidelity(gt, recon, tw.twin, tw.masks.any(axis=0)) if tw is not None
                                   else float("nan"))
@@ -436,8 +439,8 @@ def roi_breakdown(df: pd.DataFrame, by_kind: pd.DataFrame | None, acquisitions: 
     rows = []
     for group, g in groups:
         for acc in sorted(g["acceleration"].unique()):
+            at = g[g["acceleration"] == acc]
             for arm, ref in pairs:
-                at = g[g["acceleration"] == acc]
                 if not ((at["variant"] == arm).any() and (at["variant"] == ref).any()):
                     continue
                 c = comparison(g, arm, ref, metric, int(acc))
