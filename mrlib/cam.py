@@ -193,8 +193,8 @@ def slice_cams(
         float32 ``(S,)`` logits of each slice (``model.slice_logits``).
 
     The model is put in eval mode while the maps are computed and returned to its former
-    mode afterwards; the parameters' ``.grad`` are reset to ``None``. Hooks are released
-    by the CAM object's context manager, also on error.
+    mode afterwards, its parameters' ``requires_grad`` restored and their ``.grad`` reset to
+    ``None``. Hooks are released by the CAM object's context manager, also on error.
     """
     cam_cls = check_method(method)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -209,6 +209,13 @@ def slice_cams(
     was_training = model.training
     wrapper = SliceLogits(model)
     maps, scores = [], []
+    # A map needs the gradient at the target layer only: with the parameters frozen and the
+    # layer's output made a leaf (this hook runs before grad-cam's, which then sees the leaf),
+    # backward stops there and computes no weight gradients; the maps are unchanged.
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    cut = layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
     try:
         with cam_cls(model=wrapper, target_layers=[layer]) as cam:
             try:
@@ -221,6 +228,9 @@ def slice_cams(
                 # grad-cam's __exit__ swallows IndexError (it only prints it); re-raise as ours
                 raise MrlibError("grad-cam", f"{method} failed: IndexError: {exc}") from exc
     finally:
+        cut.remove()
+        for p in frozen:
+            p.requires_grad_(True)
         model.train(was_training)
         model.zero_grad(set_to_none=True)
     return np.concatenate(maps, axis=0), np.concatenate(scores, axis=0)

@@ -35,7 +35,7 @@ import torch
 from scipy import ndimage
 
 from .cam import gate_maps, heatmap_info, read_heatmaps
-from .data.annotations import boxes_for
+from .data.annotations import slice_boxes
 from .data.boxes import Box, as_boxes, boxes_mask, foreground
 from .errors import DataError, ParameterError
 from .losses import box_weight_map, weight_map, weighted_mse
@@ -236,7 +236,8 @@ def box_masks(bank: SliceSet, context: WeightContext) -> np.ndarray:
     """The true lesion boxes of every slice of ``bank`` as a boolean ``(len(bank), H, W)``."""
     if context.boxes is None:
         raise DataError("annotations", "this variant needs the lesion boxes (annotations/knee.csv)")
-    return np.stack([boxes_mask(bank.crop, boxes_for(context.boxes, stem, int(s)))
+    boxes = slice_boxes(context.boxes)
+    return np.stack([boxes_mask(bank.crop, boxes.get((stem, int(s)), []))
                      for stem, s in zip(bank.files, bank.slice_nums)])
 
 
@@ -285,8 +286,9 @@ class _BoxVariant(LossVariant):
             raise DataError("annotations", f"the {self.name} variant needs the lesion boxes (annotations/knee.csv)")
         weights = np.ones((len(bank), *bank.crop), dtype=np.float32)
         rng = np.random.default_rng(context.seed)
+        by_slice = slice_boxes(context.boxes)
         for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
-            boxes = boxes_for(context.boxes, stem, int(s))
+            boxes = by_slice.get((stem, int(s)), [])
             if boxes:
                 weights[i] = box_weight_map(bank.crop, self.place(boxes, bank, i, rng), self.values["alpha"])
         return torch.from_numpy(weights)

@@ -52,6 +52,9 @@ def test_each_quirk_is_counted_and_handled(quirks):
     # y_img = 64 + 1 - 12 = 53, cut at row 64; x cut at column 64
     assert ann.boxes_for(df, "file1", 4) == [(60, 53, 4, 11, "Joint Effusion")]
     assert ann.boxes_for(df, "file2", 0) == [(0, 32 - 2 - 5, 7, 5, "Bone - Lesion")]
+    assert ann.boxes_for(df, "file2", 1) == [] and ann.boxes_for(df, "file1.h5", 3) == ann.boxes_for(df, "file1", 3)
+    # the whole-table index holds the same boxes, and only the slices that have one
+    assert ann.slice_boxes(df) == {(f, s): ann.boxes_for(df, f, s) for f, s in [("file1", 3), ("file1", 4), ("file2", 0)]}
     assert {k: df.attrs[k] for k in ann.COUNT_ATTRS} == {
         "n_missing_file": 2, "n_study_level": 1, "n_not_lesion": 0,
         "n_degenerate": 1, "n_outside": 1, "n_clipped": 2,

@@ -124,7 +124,7 @@ def test_every_slice_gets_its_own_map_and_score(lesion_model):
     assert sum(_inside(b, *p) for b, p in zip(boxes, peaks)) >= 4
     # hooks released, model left as it was
     assert not layer._forward_hooks and not lesion_model.training
-    assert all(p.grad is None for p in lesion_model.parameters())
+    assert all(p.grad is None and p.requires_grad for p in lesion_model.parameters())
 
 
 def test_gradcam_points_at_the_lesion(lesion_model):

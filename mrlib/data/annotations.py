@@ -280,10 +280,18 @@ def annotation_counts(boxes: pd.DataFrame, stems: Iterable[str], reviewed: Itera
 def boxes_for(df: pd.DataFrame, fname: str | Path, slice_num: int) -> list[tuple[int, int, int, int, str]]:
     """The boxes ``(x, y, width, height, label)`` of one slice (file stem or ``.h5`` name)."""
     sel = df[(df["file"] == _stem(fname)) & (df["slice"] == int(slice_num))]
-    return [
-        (int(r.x), int(r.y), int(r.width), int(r.height), str(r.label))
-        for r in sel.itertuples(index=False)
-    ]
+    return slice_boxes(sel).get((_stem(fname), int(slice_num)), [])
+
+
+def slice_boxes(df: pd.DataFrame) -> dict[tuple[str, int], list[tuple[int, int, int, int, str]]]:
+    """Every slice's boxes at once, ``{(file stem, slice): [(x, y, width, height, label), ...]}``:
+    one pass over the table, for code that asks about thousands of slices (a slice without
+    a box is not a key)."""
+    out: dict[tuple[str, int], list[tuple[int, int, int, int, str]]] = {}
+    for r in df.itertuples(index=False):
+        out.setdefault((str(r.file), int(r.slice)), []).append(
+            (int(r.x), int(r.y), int(r.width), int(r.height), str(r.label)))
+    return out
 
 
 def check_boxes_in_image(
