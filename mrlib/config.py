@@ -71,7 +71,8 @@ class UnetConfig(_Config):
     variant: str = _f("unweighted", "loss variant, by name or key, e.g. oracle or oracle[alpha=50] "
                                     "(python -m mrlib variants lists them)")
     seed: int = _f(0, "seed of the initial weights, the slice order and the training masks")
-    model: str = _f("unet", "unet (fastMRI's U-Net) or seed (the report's Figure 3 U-Net)")
+    model: str = _f("unet", "unet (fastMRI's U-Net), residual (fastMRI's U-Net plus its zero-filled input: it learns "
+                            "the correction) or seed (the report's Figure 3 U-Net)")
     chans: int = _f(8, "fastMRI U-Net: channels of the first level")
     pools: int = _f(2, "fastMRI U-Net: pooling levels")
     unet_epochs: int = _f(2, "training epochs (the report trained 10)")

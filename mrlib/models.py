@@ -3,7 +3,7 @@
 * :class:`SeedUnet` is the report's Figure 3 exactly (365,761 parameters): one pooling
   level, 64 channels at full resolution, and no skip connection.
 * :func:`fastmri_unet` is ``fastmri.models.Unet`` (Ronneberger et al. 2015, as fastMRI's
-  baseline uses it).
+  baseline uses it); :class:`ResidualUnet` adds its input to its output.
 * :class:`MRNet` is Bien et al. 2018: torchvision AlexNet ``features``, global average
   pooling, a maximum over the slices of an exam, ``Linear(256, 1)``. The report's
   Figure 4 counts 61,101,097 parameters because it keeps AlexNet's classifier, which the
@@ -57,6 +57,24 @@ class SeedUnet(nn.Module):
 def fastmri_unet(chans: int = 32, num_pool_layers: int = 4, drop_prob: float = 0.0) -> Unet:
     """fastMRI's U-Net, one input and one output channel: ``(B, 1, H, W) -> (B, 1, H, W)``."""
     return Unet(in_chans=1, out_chans=1, chans=chans, num_pool_layers=num_pool_layers, drop_prob=drop_prob)
+
+
+class ResidualUnet(nn.Module):
+    """fastMRI's U-Net plus its input: ``(B, 1, H, W) -> x + unet(x)``.
+
+    The network learns the correction of the zero-filled image, not the image: at its
+    first step it already returns the zero-filled input, and it reaches a given error in
+    fewer steps (residual learning, as in Jin et al. 2017 and Lee et al. 2018). Input and
+    target share the input's normalisation (fastMRI's ``UnetDataTransform``), so the sum
+    is in the target's units. The weights are those of :func:`fastmri_unet` under ``unet.``.
+    """
+
+    def __init__(self, chans: int = 32, num_pool_layers: int = 4) -> None:
+        super().__init__()
+        self.unet = fastmri_unet(chans=chans, num_pool_layers=num_pool_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.unet(x)
 
 
 def he_init(module: nn.Module) -> nn.Module:
@@ -185,13 +203,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-UNET_KINDS = ("unet", "seed")
+UNET_KINDS = ("unet", "residual", "seed")
 
 
 def build_unet(kind: str = "unet", chans: int = 32, num_pool_layers: int = 4) -> nn.Module:
-    """A reconstruction network by name: ``"unet"`` (fastMRI's) or ``"seed"`` (the report's)."""
+    """A reconstruction network by name: ``"unet"`` (fastMRI's), ``"residual"`` (fastMRI's
+    plus its input, :class:`ResidualUnet`) or ``"seed"`` (the report's)."""
     if kind == "unet":
         return fastmri_unet(chans=chans, num_pool_layers=num_pool_layers)
+    if kind == "residual":
+        return ResidualUnet(chans=chans, num_pool_layers=num_pool_layers)
     if kind == "seed":
         return SeedUnet()
     raise ParameterError("model", f"unknown U-Net {kind!r}; use one of {', '.join(UNET_KINDS)}")

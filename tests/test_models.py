@@ -9,7 +9,7 @@ import torch
 from mrlib import classifier
 from mrlib.errors import DataError, MrlibError, ParameterError
 from mrlib.metrics import bootstrap_auc_ci, roc_auc, score_auc_ci
-from mrlib.models import MRNet, SeedUnet, SliceNet, build_classifier, count_parameters, fastmri_unet
+from mrlib.models import MRNet, SeedUnet, SliceNet, build_classifier, build_unet, count_parameters, fastmri_unet
 from mrlib.rundir import CheckpointDir
 from mrlib.train import fit, load_weights, save_checkpoint
 
@@ -22,6 +22,21 @@ def test_parameter_counts():
     assert count_parameters(MRNet()) == 2_469_953
     assert count_parameters(MRNet()) + 37_752_832 + 16_781_312 + 4_097_000 == 61_101_097
     assert count_parameters(fastmri_unet(chans=32, num_pool_layers=4)) == 7_756_097
+
+
+def test_the_residual_unet_is_fastmris_plus_its_input():
+    torch.manual_seed(0)
+    res, plain = build_unet("residual", chans=4, num_pool_layers=2), build_unet("unet", chans=4, num_pool_layers=2)
+    assert count_parameters(res) == count_parameters(plain)
+    plain.load_state_dict({k.removeprefix("unet."): v for k, v in res.state_dict().items()})  # the same weights
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(res(x), x + plain(x))
+        for p in res.unet.up_conv[-1][-1].parameters():  # fastMRI's last layer, a 1 x 1 convolution
+            p.zero_()  # a U-Net whose last layer outputs 0 returns the zero-filled input unchanged
+        torch.testing.assert_close(res(x), x)
+    with pytest.raises(ParameterError, match="residual"):
+        build_unet("resnet")
 
 
 def test_mrnet_scores_each_slice_and_takes_the_max_of_features():
