@@ -7,6 +7,9 @@ What notebook 06 and ``python -m mrlib evaluate RUN`` compute, and how:
   fastMRI's fixed per-file validation mask (:func:`evaluate`).
 * **Volume metrics** are fastMRI's (:func:`mrlib.metrics.volume_metrics`), the **ROI
   metrics** the same functions inside the lesion boxes (:func:`mrlib.metrics.roi_metrics`).
+* **Does the reconstruction keep the diagnosis?** On synthetic data, the lesion fidelity
+  against the lesion-free twin, and the diagnostic AUC: the in-domain classifier on the
+  reconstructed lesion slices against the same slices of the twin reconstructed alike.
 * **Statistics** are :mod:`mrlib.stats`'s; the tables and sentences :mod:`mrlib.report`'s.
 
 The zero-filled baseline is deterministic, so it gets one row per volume and acceleration
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,12 +31,13 @@ from fastmri.data import transforms as T
 
 from .data.boxes import Box
 from .data.fastmri_h5 import read_stored_mask, read_volume
-from .data.manifest import manifest_boxes, twin_files
+from .classifier import load_classifier, prepare_exam
+from .data.manifest import classifier_flip, manifest_boxes, twin_files
 from .data.twins import read_twin
 from .errors import DataError, ParameterError
-from .masking import file_seed, make_masks
-from .metrics import (METRICS, ROI_METRICS, ZERO_FILLED, ZERO_FILLED_SEED, lesion_fidelity, roi_metrics,
-                      volume_metrics)
+from .masking import apply_masks, file_seed, make_masks, zero_filled
+from .metrics import (METRICS, ROI_METRICS, ZERO_FILLED, ZERO_FILLED_SEED, diagnostic_auc, lesion_fidelity,
+                      roi_metrics, volume_metrics)
 from .models import build_unet
 from .recon import SliceBank, load_bank, reconstruct, reconstruct_kspace, zero_filled_volume
 from .rundir import RunDir, as_run_dir
@@ -139,6 +143,35 @@ def boxes_by_slice(boxes: pd.DataFrame | None, stem: str) -> dict[int, list[Box]
             for s, g in sel.groupby("slice", sort=True)}
 
 
+# ------------------------------------------------------------------------------ the diagnosis
+
+class Detector(NamedTuple):
+    """One in-domain classifier of chapter 3 (``roi_source = fastmri``), as the diagnostic
+    AUC uses it: the model in eval mode, its input size and whether slices are flipped."""
+
+    model: torch.nn.Module
+    input_size: int
+    flip_ud: bool
+
+    def scores(self, volume: np.ndarray, slices: Sequence[int]) -> np.ndarray:
+        """The logits of ``slices`` of ``volume (S, H, W)``, prepared as the classifier was
+        trained (:func:`~mrlib.classifier.prepare_exam`: the whole volume min-max scaled): ``(len(slices),)``."""
+        x = prepare_exam(volume, flip_ud=self.flip_ud, size=self.input_size)[list(slices)]
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            return self.model.slice_logits(x.to(device))[:, 0].float().cpu().numpy()
+
+
+def detectors(rd: RunDir, manifest: Mapping[str, Any], device: torch.device) -> list[Detector]:
+    """The in-domain classifier of every classifier seed (empty when chapter 3 trained none)."""
+    if "fastmri" not in rd.classifier_sources():
+        return []
+    metrics = rd.read_classifier_metrics("fastmri")
+    flip = classifier_flip(manifest, "fastmri")
+    return [Detector(load_classifier(rd, "fastmri", int(m["seed"]), device), int(metrics["input_size"]), flip)
+            for m in metrics.get("seeds", [])]
+
+
 # ------------------------------------------------------------------------------ evaluate
 
 def evaluate(
@@ -175,7 +208,11 @@ def evaluate(
         columns are NaN for a volume with no lesion box; ``df.attrs["no_boxes"]`` lists
         those volumes and a line is printed. ``lesion_fidelity``
         (:func:`mrlib.metrics.lesion_fidelity`) needs the volume's lesion-free twin
-        (synthetic data) and is NaN without one.
+        (synthetic data) and is NaN without one. ``diagnostic_auc``
+        (:func:`mrlib.metrics.diagnostic_auc`) also needs the twin's k-space, which the
+        twin is reconstructed from with the volume's own mask, and chapter 3's in-domain
+        classifier: U-Net seed s is read by classifier seed s mod their number, zero
+        filling by the first.
 
     Raises:
         DataError: a missing ``runs.json``, ``masking.json``, manifest or checkpoint
@@ -200,11 +237,26 @@ def evaluate(
     rois = {stem: boxes_by_slice(boxes, stem) for stem in stems}
     twin_paths = twin_files(manifest)  # synthetic data only: the lesion-free twins
     twins = {stem: read_twin(twin_paths[stem]) for stem in stems if stem in twin_paths}
+    # the diagnosis kept: the twins' own k-space (synthetic evaluation split) and the in-domain classifiers
+    twin_kspace = {stem: T.to_tensor(tw.kspace) for stem, tw in twins.items()
+                   if tw.kspace is not None and rois[stem]}
+    dets = detectors(rd, manifest, device) if twin_kspace else []
+
+    def diagnosis(seed, stem, recon, twin_recon):
+        """:func:`~mrlib.metrics.diagnostic_auc` of one reconstruction, by the classifier of
+        seed ``seed`` mod their number (the one whose maps weighted U-Net seed ``seed``)."""
+        if twin_recon is None or not dets:
+            return float("nan")
+        det, slices = dets[max(int(seed), 0) % len(dets)], sorted(rois[stem])
+        return diagnostic_auc(det.scores(recon, slices), det.scores(twin_recon, slices))
+
+    def twin_masks(stem, func):
+        return make_masks(func, twin_kspace[stem].shape, [file_seed(f"{stem}.h5")] * twin_kspace[stem].shape[0])
 
     kinds = {stem: sorted({b.label for bs in rois[stem].values() for b in bs}) for stem in stems}
     rows, kind_rows = [], []
 
-    def score(variant, acc, seed, stem, recon, seconds):
+    def score(variant, acc, seed, stem, recon, seconds, twin_recon=None):
         gt = gts[stem]
         row = dict(variant=variant, acceleration=int(acc), seed=int(seed), volume=stem)
         row.update(volume_metrics(gt, recon, where=f"{variant} {stem}"))
@@ -220,6 +272,7 @@ def evaluate(
         tw = twins.get(stem)
         row["lesion_fidelity"] = (lesion_fidelity(gt, recon, tw.twin, tw.masks.any(axis=0)) if tw is not None
                                   else float("nan"))
+        row["diagnostic_auc"] = diagnosis(seed, stem, recon, twin_recon)
         row["seconds"] = float(seconds)
         rows.append(row)
 
@@ -230,7 +283,10 @@ def evaluate(
             for stem in stems:
                 start = time.perf_counter()
                 zf = zero_filled_volume(bank, stem, func)
-                score(ZERO_FILLED, acc, ZERO_FILLED_SEED, stem, zf, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                zf_twin = (zero_filled(apply_masks(twin_kspace[stem], twin_masks(stem, func)), bank.crop).cpu().numpy()
+                           if stem in twin_kspace and dets else None)
+                score(ZERO_FILLED, acc, ZERO_FILLED_SEED, stem, zf, seconds, zf_twin)
                 bar.update(1)
             for run, model in models:
                 bar.set_postfix_str(f"{run['variant']} seed {run['seed']} {acc}x")
@@ -239,7 +295,10 @@ def evaluate(
                 for stem in stems:
                     recon, seconds = reconstruct(model, bank, stem, func, batch_size=batch_size,
                                                  precision=run_precision(run))
-                    score(run["variant"], acc, run["seed"], stem, recon, seconds)
+                    twin_recon = (reconstruct_kspace(model, twin_kspace[stem], twin_masks(stem, func), bank.crop,
+                                                     batch_size, run_precision(run))[0]
+                                  if stem in twin_kspace and dets else None)
+                    score(run["variant"], acc, run["seed"], stem, recon, seconds, twin_recon)
                     if keep:
                         written[stem] = recon
                     bar.update(1)

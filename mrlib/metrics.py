@@ -19,11 +19,12 @@ from .data.boxes import boxes_mask
 from .errors import DataError, ParameterError
 
 #: The reconstruction metrics per volume: fastMRI's, then the same inside the lesion boxes.
-METRICS = ("nmse", "psnr", "ssim", "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity")
+METRICS = ("nmse", "psnr", "ssim", "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity", "diagnostic_auc")
 ROI_METRICS = ("roi_nmse", "roi_psnr", "roi_ssim")
 #: which direction is better, for the sentences that read the comparisons
 HIGHER_IS_BETTER = {"nmse": False, "psnr": True, "ssim": True,
-                    "roi_nmse": False, "roi_psnr": True, "roi_ssim": True, "lesion_fidelity": True}
+                    "roi_nmse": False, "roi_psnr": True, "roi_ssim": True, "lesion_fidelity": True,
+                    "diagnostic_auc": True}
 #: The name of the zero-filled baseline in tables (it has no training seed: seed -1).
 ZERO_FILLED = "zero-filled"
 ZERO_FILLED_SEED = -1
@@ -218,6 +219,26 @@ def lesion_fidelity(gt: np.ndarray, pred: np.ndarray, twin: np.ndarray, mask: np
     if energy <= 0:
         return float("nan")
     return float(np.sum((pred - twin)[mask] * lesion) / energy)
+
+
+def diagnostic_auc(lesion_scores: np.ndarray, twin_scores: np.ndarray) -> float:
+    """Does a reconstruction keep the diagnosis? Within one volume, the AUC of a lesion
+    classifier's scores on the reconstructed lesion slices (positives) against its scores on
+    the same slices of the reconstructed lesion-free twin (negatives): the probability that a
+    lesion slice outscores a twin slice, ties counting half. 1: every lesion slice is told
+    from the twin; 0.5: the reconstruction has lost what the classifier sees. NaN without
+    lesion slices.
+
+    Args:
+        lesion_scores, twin_scores: ``(L,)`` scores (logits) of the L lesion slices and of the
+            same slices of the twin.
+    """
+    pos, neg = np.asarray(lesion_scores, np.float64).ravel(), np.asarray(twin_scores, np.float64).ravel()
+    if pos.size != neg.size:
+        raise DataError("diagnostic_auc", f"{pos.size} lesion slices but {neg.size} twin slices")
+    if not pos.size:
+        return float("nan")
+    return roc_auc(np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg])
 
 
 # --------------------------------------------------------------------------- localisation

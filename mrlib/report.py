@@ -15,7 +15,7 @@ from .metrics import ZERO_FILLED
 from .stats import FEW_VOLUMES
 from .variants import REGISTRY
 
-_DIGITS = {"nmse": 4, "psnr": 2, "ssim": 4, "roi_nmse": 4, "roi_psnr": 2, "roi_ssim": 4, "lesion_fidelity": 3}
+_DIGITS = {"nmse": 4, "psnr": 2, "ssim": 4, "roi_nmse": 4, "roi_psnr": 2, "roi_ssim": 4, "lesion_fidelity": 3, "diagnostic_auc": 3}
 
 
 def _fmt(v: float | None, digits: int, sign: bool = False) -> str:

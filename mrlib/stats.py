@@ -19,8 +19,9 @@ from .errors import DataError, ParameterError
 from .metrics import HIGHER_IS_BETTER, METRICS, ROI_METRICS, ZERO_FILLED, ZERO_FILLED_SEED
 
 #: The columns :func:`summarize` reads (the rows of :func:`mrlib.evaluate.evaluate`).
-#: Metrics only some data has (``lesion_fidelity`` needs the synthetic twins): NaN when absent.
-OPTIONAL = ("lesion_fidelity",)
+#: Metrics only some data has (``lesion_fidelity`` and ``diagnostic_auc`` need the synthetic
+#: twins, ``diagnostic_auc`` also the in-domain classifier): NaN when absent.
+OPTIONAL = ("lesion_fidelity", "diagnostic_auc")
 REQUIRED = ("variant", "acceleration", "seed", "volume", *(m for m in METRICS if m not in OPTIONAL), "seconds")
 NO_ROI = "no annotated lesion in the evaluation split: ROI metrics not computed"
 FEW_VOLUMES = 6  # below this the exact Wilcoxon test cannot reach p < 0.05 (min p = 2 / 2**n)
@@ -304,7 +305,8 @@ ALPHA = 0.05
 
 def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
                      strengths: Mapping[str, Mapping[str, float]] | None = None,
-                     metrics: Sequence[str] = ("psnr", "ssim", "roi_psnr", "roi_ssim", "lesion_fidelity")
+                     metrics: Sequence[str] = ("psnr", "ssim", "roi_psnr", "roi_ssim", "lesion_fidelity",
+                                               "diagnostic_auc")
                      ) -> dict[str, Any]:
     """The confirmatory design of chapter 6 on the rows of :func:`mrlib.evaluate.evaluate`.
 

@@ -51,7 +51,11 @@ def test_every_chapter_wrote_its_results(smoke_run):
     assert [r["variant"] for r in rd.read_registry()] == ["unweighted", "gradcam", "shuffled", "oracle", "random", "l1"]
     df, summary = rd.read_evaluation()
     assert list(df.columns) == ["variant", "acceleration", "seed", "volume", "nmse", "psnr", "ssim",
-                                "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity", "seconds"]
+                                "roi_nmse", "roi_psnr", "roi_ssim", "lesion_fidelity", "diagnostic_auc", "seconds"]
+    # the diagnosis is scored on every volume with a lesion (its twin's k-space, the in-domain classifier), and only there
+    lesion = df["roi_psnr"].notna()
+    assert lesion.any() and df.loc[lesion, "diagnostic_auc"].between(0, 1).all()
+    assert df.loc[~lesion, "diagnostic_auc"].isna().all()
     assert "comparisons" in summary
     for nb in NOTEBOOKS:
         assert _images(rd.executed(nb)) >= 2, f"{nb} shows too few figures"

@@ -144,7 +144,7 @@ def _table(n_volumes=8, seeds=(0, 1), with_roi=True):
         df[m] = 0.5
     for m in ROI_METRICS:
         df[m] = df["psnr"] if with_roi else np.nan
-    return df[[c for c in ev.COLUMNS if c != "lesion_fidelity"]]  # real data has no twins: no lesion fidelity
+    return df[[c for c in ev.COLUMNS if c not in ("lesion_fidelity", "diagnostic_auc")]]  # real data has no twins
 
 
 def test_summarize_known_answer():
@@ -278,6 +278,17 @@ def test_evaluate_bad_inputs(run_dir, tmp_path):
     bad.manifest_path.unlink()
     with pytest.raises(DataError, match=f"{bad.manifest_path.name}.*01_data"):
         bad.read_manifest()
+
+
+def test_the_diagnostic_auc_tells_lesion_slices_from_their_twins():
+    from mrlib.metrics import diagnostic_auc
+    assert diagnostic_auc([2.0, 3.0], [0.0, 1.0]) == 1.0  # every lesion slice above every twin slice
+    assert diagnostic_auc([0.0, 1.0], [2.0, 3.0]) == 0.0
+    assert diagnostic_auc([1.0, 1.0], [1.0, 1.0]) == 0.5  # the lesion is gone: ties count half
+    assert diagnostic_auc([3.0, 0.5], [1.0, 0.0]) == 0.75  # 3 of the 4 pairs ordered
+    assert np.isnan(diagnostic_auc([], []))
+    with pytest.raises(DataError, match="twin slices"):
+        diagnostic_auc([1.0, 2.0], [0.0])
 
 
 def test_lesion_fidelity_is_the_share_of_the_lesion_that_survives():

@@ -16,7 +16,7 @@ from fastmri.data import SliceDataset
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import UnetDataTransform, to_tensor
 
-from mrlib.data import synth, writers
+from mrlib.data import synth, twins, writers
 from mrlib.data.annotations import COLUMNS, flip_y
 from mrlib.errors import DataError, ParameterError
 
@@ -125,6 +125,26 @@ def test_target_is_ifft_of_kspace(dataset):
     image = fastmri.ifft2c(to_tensor(kspace))
     image = fastmri.complex_abs(fastmri.data.transforms.complex_center_crop(image, (N, N)))
     np.testing.assert_allclose(target, image.numpy(), rtol=1e-5, atol=1e-6 * target.max())
+
+
+def test_evaluation_twins_carry_their_kspace(dataset):
+    """The val and test twins hold the k-space of the same subject, noise and coils without
+    the lesion: its inverse FFT is the twin, and it differs from the volume's k-space only
+    by the lesion. Training twins, read only as images, do not carry it."""
+    out, _ = dataset
+    found = [(split, stem, path) for split in ("singlecoil_val", "singlecoil_test")
+             for stem, path in twins.find_twins(out, split).items()]
+    training = twins.find_twins(out, "singlecoil_train")
+    assert found and training and all(twins.read_twin(p).kspace is None for p in training.values())
+    for split, stem, path in found:
+        tw = twins.read_twin(path)
+        with h5py.File(out / "fastmri" / split / f"{stem}.h5", "r") as hf:
+            kspace = hf["kspace"][()]
+        assert tw.kspace.shape == kspace.shape and tw.kspace.dtype == np.complex64
+        image = fastmri.complex_abs(fastmri.data.transforms.complex_center_crop(
+            fastmri.ifft2c(to_tensor(tw.kspace)), (N, N))).numpy()
+        np.testing.assert_allclose(tw.twin, image, rtol=1e-5, atol=1e-6 * tw.twin.max())
+        assert not np.array_equal(tw.kspace, kspace)  # the lesion is in the volume's k-space only
 
 
 def test_multicoil_rss(tmp_path):

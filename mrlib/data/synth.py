@@ -162,7 +162,8 @@ class SynthVolume(NamedTuple):
     target: float32 (slices, N, N) (``reconstruction_esc`` or ``reconstruction_rss``);
     twin: float32 (slices, N, N), the same subject, noise and all, without its lesions
     (``None`` unless asked for); noise_sigma: the image noise's standard deviation (per
-    real component, in the target's units).
+    real component, in the target's units); twin_kspace: the twin's k-space, shaped as
+    ``kspace`` (with ``twin``).
     """
 
     kspace: np.ndarray
@@ -173,6 +174,7 @@ class SynthVolume(NamedTuple):
     attrs: dict
     twin: np.ndarray | None = None
     noise_sigma: float = 0.0
+    twin_kspace: np.ndarray | None = None
 
 
 def kspace_shape(image_size: int) -> tuple[int, int]:
@@ -827,7 +829,8 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
 
     kspace = acquire(cimg)
     target = _ifft_crop(kspace, n)
-    twin_target = _ifft_crop(acquire(coil_images(clean)), n) if twin else None
+    twin_kspace = acquire(coil_images(clean)) if twin else None
+    twin_target = _ifft_crop(twin_kspace, n) if twin else None
 
     header = writers.ismrmrd_header(
         encoded=(rows, pe, 1), recon=(n, n, 1), fov_mm=FOV_MM,
@@ -839,7 +842,7 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     # the noise of one real component of the image: the orthonormal FFT keeps sigma, the
     # zeroed padding columns remove their share of it
     noise_sigma = sigma * math.sqrt((pe - 2 * pad) / pe)
-    return SynthVolume(kspace, target, acquisition, lesions, header, attrs, twin_target, noise_sigma)
+    return SynthVolume(kspace, target, acquisition, lesions, header, attrs, twin_target, noise_sigma, twin_kspace)
 
 
 # ------------------------------------------------------------------------- kneeMRI
@@ -1047,7 +1050,8 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
                 if vol.lesions and vol.twin is not None:
                     twins.write_twin(twins.twin_dir(out, f"{challenge}_{split}") / f"{fname}.h5", vol.twin,
                                      [les.mask for les in vol.lesions], [les.label for les in vol.lesions],
-                                     [les.contrast for les in vol.lesions], vol.noise_sigma)
+                                     [les.contrast for les in vol.lesions], vol.noise_sigma,
+                                     kspace=vol.twin_kspace if split != "train" else None)
             names[split].append(fname)
             if vol.lesions:
                 with_lesion.append(fname)

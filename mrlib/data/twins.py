@@ -12,6 +12,9 @@ as a real download)::
     DATA/synth_twins/{challenge}_{split}/{file}.h5
         twin          float32 (S, N, N)  the target without lesions (stored orientation)
         lesion_masks  uint8 (L, S, N, N)  each lesion's mask (the boxes' source)
+        kspace        complex64, shaped as the volume's kspace  (val and test only) the twin's
+                      k-space, same noise and coils: reconstructed with the volume's own
+                      masks, it is what a lesion-free scan of the subject would give
         attrs: labels (JSON, L fastMRI+ labels), contrasts (JSON, L fractions),
                noise_sigma (the image noise's standard deviation, target units)
 """
@@ -33,13 +36,14 @@ ROOT = "synth_twins"
 
 class Twin(NamedTuple):
     """One volume's twin: ``twin (S, N, N)``, ``masks (L, S, N, N)`` bool, ``labels`` and
-    ``contrasts`` (L each), ``noise_sigma``."""
+    ``contrasts`` (L each), ``noise_sigma``, and ``kspace`` (as the volume's, or ``None``)."""
 
     twin: np.ndarray
     masks: np.ndarray
     labels: list[str]
     contrasts: list[float]
     noise_sigma: float
+    kspace: np.ndarray | None = None
 
 
 def twin_dir(data_dir: str | Path, split_dir_name: str) -> Path:
@@ -48,13 +52,15 @@ def twin_dir(data_dir: str | Path, split_dir_name: str) -> Path:
 
 
 def write_twin(path: str | Path, twin: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[str],
-               contrasts: Sequence[float], noise_sigma: float) -> Path:
-    """Write one twin file atomically (layout in the module docstring)."""
+               contrasts: Sequence[float], noise_sigma: float, kspace: np.ndarray | None = None) -> Path:
+    """Write one twin file atomically (layout in the module docstring; ``kspace`` optional)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("twin", data=np.asarray(twin, np.float32), compression="gzip", compression_opts=4)
             f.create_dataset("lesion_masks", data=np.asarray(masks, np.uint8), compression="gzip", compression_opts=4)
+            if kspace is not None:  # noise does not compress
+                f.create_dataset("kspace", data=np.asarray(kspace, np.complex64))
             f.attrs["labels"] = json.dumps(list(labels))
             f.attrs["contrasts"] = json.dumps([float(c) for c in contrasts])
             f.attrs["noise_sigma"] = float(noise_sigma)
@@ -70,11 +76,14 @@ def read_twin(path: str | Path) -> Twin:
             masks = np.asarray(f["lesion_masks"][()]).astype(bool)
             labels, contrasts = json.loads(f.attrs["labels"]), json.loads(f.attrs["contrasts"])
             sigma = float(f.attrs["noise_sigma"])
+            kspace = np.asarray(f["kspace"][()], np.complex64) if "kspace" in f else None
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise DataError(path, f"not a readable twin file ({type(exc).__name__}: {exc})") from None
     if masks.ndim != 4 or masks.shape[1:] != twin.shape or len(labels) != masks.shape[0] != len(contrasts):
         raise DataError(path, f"lesion_masks {masks.shape} do not match twin {twin.shape} and {len(labels)} labels")
-    return Twin(twin, masks, labels, contrasts, sigma)
+    if kspace is not None and kspace.shape[0] != twin.shape[0]:
+        raise DataError(path, f"kspace has {kspace.shape[0]} slices, the twin {twin.shape[0]}")
+    return Twin(twin, masks, labels, contrasts, sigma, kspace)
 
 
 def find_twins(data_dir: str | Path, split_dir: str | Path) -> dict[str, Path]:
