@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import h5py
 import numpy as np
@@ -501,6 +501,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict:
     split, files = ensure_data(cfg, progress=progress)
     results: dict[str, Any] = dict(
         device=device_name(device), device_type=device.type, load_before=load_average(),
+        measured=time.strftime("%Y-%m-%d"),
         torch=torch.__version__, config=asdict(cfg),
         geometry=dict(kspace=list(_kspace_shape(files[0])), image=[cfg.image_size, cfg.image_size],
                       volumes=len(files)),
@@ -519,6 +520,23 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict:
 def _kspace_shape(path: Path) -> tuple[int, ...]:
     with h5py.File(path, "r") as hf:
         return tuple(hf["kspace"].shape)
+
+
+def speed_page(results: Sequence[tuple[str, dict]]) -> str:
+    """The measured part of the book's speed chapter, rendered from benchmark results:
+    for each ``(file name, results)`` (what ``--out`` wrote) the command's settings, the
+    device, the load and :func:`format_table`'s tables. Markdown."""
+    if not results:
+        return "No benchmark results are committed under `benchmarks/results/`.\n"
+    out = []
+    for name, r in results:
+        c, g = r["config"], r["geometry"]
+        out += [f"### `{name}`: {r['device']}", "",
+                f"Measured {r.get('measured', 'at an unrecorded date')} with torch {r['torch']}: "
+                f"{g['volumes']} volumes of {c['n_slices']} slices, images {g['image'][0]} x {g['image'][1]}, "
+                f"sections {', '.join(c['sections'])}; load average {r['load_before']} before and "
+                f"{r['load_after']} after.", "", "```text", format_table(r), "```", ""]
+    return "\n".join(out)
 
 
 def format_table(r: dict) -> str:

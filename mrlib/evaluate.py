@@ -153,13 +153,18 @@ class Detector(NamedTuple):
     input_size: int
     flip_ud: bool
 
-    def scores(self, volume: np.ndarray, slices: Sequence[int]) -> np.ndarray:
-        """The logits of ``slices`` of ``volume (S, H, W)``, prepared as the classifier was
-        trained (:func:`~mrlib.classifier.prepare_exam`: the whole volume min-max scaled): ``(len(slices),)``."""
-        x = prepare_exam(volume, flip_ud=self.flip_ud, size=self.input_size)[list(slices)]
+    def scores(self, volume: np.ndarray, slices: Sequence[int], twin_slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The logits of ``slices`` of ``volume (S, H, W)`` and of ``twin_slices (L, H, W)``,
+        the same L slices of the twin: ``((L,), (L,))``. Both are prepared as one exam
+        (:func:`~mrlib.classifier.prepare_exam`, one min-max scaling over the volume and
+        the twin's slices), so the lesion is the only difference the classifier sees."""
+        volume, twin_slices = np.asarray(volume), np.asarray(twin_slices)
+        x = prepare_exam(np.concatenate([volume, twin_slices]), flip_ud=self.flip_ud, size=self.input_size)
+        rows = [*slices, *range(len(volume), len(volume) + len(twin_slices))]
         device = next(self.model.parameters()).device
         with torch.no_grad():
-            return self.model.slice_logits(x.to(device))[:, 0].float().cpu().numpy()
+            logits = self.model.slice_logits(x[rows].to(device))[:, 0].float().cpu().numpy()
+        return logits[:len(slices)], logits[len(slices):]
 
 
 def detectors(rd: RunDir, manifest: Mapping[str, Any], device: torch.device) -> list[Detector]:
@@ -170,6 +175,29 @@ def detectors(rd: RunDir, manifest: Mapping[str, Any], device: torch.device) -> 
     flip = classifier_flip(manifest, "fastmri")
     return [Detector(load_classifier(rd, "fastmri", int(m["seed"]), device), int(metrics["input_size"]), flip)
             for m in metrics.get("seeds", [])]
+
+
+def target_diagnosis(run_dir: str | Path | RunDir, device: str = "cpu") -> pd.DataFrame:
+    """The diagnostic AUC's ceiling: each in-domain classifier on the fully sampled targets of
+    the evaluation split's lesion volumes against their lesion-free twins' targets, scored as
+    :func:`evaluate` scores a reconstruction. One row per classifier seed: ``classifier_seed``,
+    ``n_volumes``, ``diagnostic_auc`` (the mean over volumes). Empty without twins or classifier."""
+    rd = as_run_dir(run_dir)
+    manifest, paths, boxes = read_evaluation_split(rd)
+    twin_paths = twin_files(manifest)
+    dets = detectors(rd, manifest, pick_device(device))
+    seeds = [int(m["seed"]) for m in rd.read_classifier_metrics("fastmri").get("seeds", [])] if dets else []
+    per_seed: dict[int, list[float]] = {s: [] for s in seeds}
+    for path in paths:
+        rois = boxes_by_slice(boxes, path.stem)
+        if not rois or path.stem not in twin_paths:
+            continue
+        target, slices = read_volume(path)[1], sorted(rois)
+        twin = read_twin(twin_paths[path.stem]).twin[slices]
+        for s, det in zip(seeds, dets):
+            per_seed[s].append(diagnostic_auc(*det.scores(target, slices, twin)))
+    return pd.DataFrame([dict(classifier_seed=s, n_volumes=len(v), diagnostic_auc=float(np.mean(v)))
+                         for s, v in per_seed.items() if v], columns=["classifier_seed", "n_volumes", "diagnostic_auc"])
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -209,10 +237,10 @@ def evaluate(
         those volumes and a line is printed. ``lesion_fidelity``
         (:func:`mrlib.metrics.lesion_fidelity`) needs the volume's lesion-free twin
         (synthetic data) and is NaN without one. ``diagnostic_auc``
-        (:func:`mrlib.metrics.diagnostic_auc`) also needs the twin's k-space, which the
-        twin is reconstructed from with the volume's own mask, and chapter 3's in-domain
-        classifier: U-Net seed s is read by classifier seed s mod their number, zero
-        filling by the first.
+        (:func:`mrlib.metrics.diagnostic_auc`) also needs the twin's k-space, whose lesion
+        slices are reconstructed with the volume's own mask, and chapter 3's in-domain
+        classifier (:meth:`Detector.scores`): U-Net seed s is read by classifier seed s mod
+        their number, zero filling by the first.
 
     Raises:
         DataError: a missing ``runs.json``, ``masking.json``, manifest or checkpoint
@@ -237,8 +265,9 @@ def evaluate(
     rois = {stem: boxes_by_slice(boxes, stem) for stem in stems}
     twin_paths = twin_files(manifest)  # synthetic data only: the lesion-free twins
     twins = {stem: read_twin(twin_paths[stem]) for stem in stems if stem in twin_paths}
-    # the diagnosis kept: the twins' own k-space (synthetic evaluation split) and the in-domain classifiers
-    twin_kspace = {stem: T.to_tensor(tw.kspace) for stem, tw in twins.items()
+    # the diagnosis kept: the lesion slices of the twins' own k-space (synthetic evaluation
+    # split), reconstructed alike, and the in-domain classifiers
+    twin_kspace = {stem: T.to_tensor(tw.kspace[sorted(rois[stem])]) for stem, tw in twins.items()
                    if tw.kspace is not None and rois[stem]}
     dets = detectors(rd, manifest, device) if twin_kspace else []
 
@@ -247,10 +276,10 @@ def evaluate(
         seed ``seed`` mod their number (the one whose maps weighted U-Net seed ``seed``)."""
         if twin_recon is None or not dets:
             return float("nan")
-        det, slices = dets[max(int(seed), 0) % len(dets)], sorted(rois[stem])
-        return diagnostic_auc(det.scores(recon, slices), det.scores(twin_recon, slices))
+        det = dets[max(int(seed), 0) % len(dets)]
+        return diagnostic_auc(*det.scores(recon, sorted(rois[stem]), twin_recon))
 
-    def twin_masks(stem, func):
+    def twin_masks(stem, func):  # the volume's own fixed mask (one per file, the same on every slice)
         return make_masks(func, twin_kspace[stem].shape, [file_seed(f"{stem}.h5")] * twin_kspace[stem].shape[0])
 
     kinds = {stem: sorted({b.label for bs in rois[stem].values() for b in bs}) for stem in stems}

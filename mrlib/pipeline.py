@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import report
-from .artifacts import write_text
+from .artifacts import read_json, write_text
+from .bench import speed_page
 from .errors import MrlibError, ParameterError
 from .presets import DECLARED, get_preset
 from .rundir import NOTEBOOKS, RunDir, relative_path
@@ -411,7 +412,21 @@ def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
         raise MrlibError(rd.run_info, "missing; python -m mrlib run writes it")
     if not rd.answer.is_file():  # a run from before the first page carried the answer
         write_answer(rd)
+    write_speed_page(rd, root)
     return book
+
+
+#: Where the benchmark results the speed chapter renders are committed (``mrlib bench --out``).
+BENCH_RESULTS = Path("benchmarks") / "results"
+
+
+def write_speed_page(rd: RunDir, root: Path | None = None) -> Path:
+    """The speed chapter's measured tables (:func:`mrlib.bench.speed_page`), rendered from
+    every ``*.json`` under :data:`BENCH_RESULTS` when the book is built, so that the page
+    shows what the committed benchmark files say and nothing else."""
+    folder = (root or project_root()) / BENCH_RESULTS
+    results = [(p.name, read_json(p)) for p in sorted(folder.glob("*.json"))]
+    return write_text(rd.speed, speed_page(results))
 
 
 def build_book(rd: RunDir, root: Path | None = None) -> Path:

@@ -120,6 +120,7 @@ class RunDir:
     BOOK = "book"
     RUN_INFO = "run_info.md"
     ANSWER = "answer.md"
+    SPEED = "speed_measured.md"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -383,6 +384,11 @@ class RunDir:
     def answer(self) -> Path:
         """The page included by the book's introduction: the experiment's computed answer."""
         return self.book / "book" / "generated" / self.ANSWER
+
+    @property
+    def speed(self) -> Path:
+        """The page included by the book's speed chapter: the committed benchmark results, rendered."""
+        return self.book / "book" / "generated" / self.SPEED
 
     @property
     def book_html(self) -> Path:

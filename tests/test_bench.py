@@ -8,12 +8,13 @@ import pytest
 import torch
 from fastmri.data.transforms import UnetDataTransform
 
-from mrlib import bench
+from mrlib import bench, pipeline
 from mrlib.__main__ import main
 from mrlib.data import fastmri_h5, synth
 from mrlib.errors import DataError, ParameterError
 from mrlib.masking import MaskSpec, file_seed
 from mrlib.recon import SliceBank, StreamingBank, load_bank, plan_storage, read_slices, split_nbytes
+from mrlib.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,20 @@ def test_bench_runs_at_tiny_size_and_writes_json(data, tmp_path, capsys):
     for m in ("SeedUnet", "fastmri_unet"):  # both paths give the same reconstruction
         assert r["inference"][m]["max_abs_diff"] < 1e-4 * max(1.0, r["inference"][m]["gflops_per_slice"])
         assert r["inference"][m]["ours_s"] > 0
+    # the book's speed chapter renders this file: the printed tables, with the settings and the date
+    page = bench.speed_page([("bench.json", r)])
+    assert bench.format_table(r) in page and r["device"] in page and r["measured"] in page
+
+
+def test_every_committed_benchmark_file_renders_into_the_speed_chapter(tmp_path):
+    committed = sorted((pipeline.project_root() / pipeline.BENCH_RESULTS).glob("*.json"))
+    assert committed, "the speed chapter has no benchmark file to render"
+    rd = RunDir(tmp_path)
+    page = pipeline.write_speed_page(rd).read_text()
+    for path in committed:
+        r = json.loads(path.read_text())
+        assert f"`{path.name}`" in page and bench.format_table(r) in page
+    assert "No benchmark results" in bench.speed_page([])
 
 
 def test_bench_bad_input_is_one_clear_line(tmp_path, capsys):
