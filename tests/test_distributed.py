@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mrlib.data import fastmri_h5, synth
+from mrlib.data import fastmri_h5
 from mrlib.distributed import DistContext, check_shardable, shard_range, shard_volumes, volume_batches
 from mrlib.errors import ParameterError
 from mrlib.masking import MaskSpec

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from mrlib.errors import DataError, MrlibError, ParameterError
+from mrlib.errors import DataError
 from mrlib.rundir import RunDir
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
