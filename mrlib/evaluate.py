@@ -29,9 +29,9 @@ import torch
 
 from fastmri.data import transforms as T
 
+from .classifier import load_classifier, prepare_exam
 from .data.boxes import Box
 from .data.fastmri_h5 import read_stored_mask, read_volume
-from .classifier import load_classifier, prepare_exam
 from .data.manifest import classifier_flip, manifest_boxes, twin_files
 from .data.twins import read_twin
 from .errors import DataError, ParameterError
@@ -147,8 +147,9 @@ def boxes_by_slice(boxes: pd.DataFrame | None, stem: str) -> dict[int, list[Box]
 
 class Detector(NamedTuple):
     """One in-domain classifier of chapter 3 (``roi_source = fastmri``), as the diagnostic
-    AUC uses it: the model in eval mode, its input size and whether slices are flipped."""
+    AUC uses it: its seed, the model in eval mode, its input size and whether slices are flipped."""
 
+    seed: int
     model: torch.nn.Module
     input_size: int
     flip_ud: bool
@@ -173,8 +174,8 @@ def detectors(rd: RunDir, manifest: Mapping[str, Any], device: torch.device) -> 
         return []
     metrics = rd.read_classifier_metrics("fastmri")
     flip = classifier_flip(manifest, "fastmri")
-    return [Detector(load_classifier(rd, "fastmri", int(m["seed"]), device), int(metrics["input_size"]), flip)
-            for m in metrics.get("seeds", [])]
+    return [Detector(int(m["seed"]), load_classifier(rd, "fastmri", int(m["seed"]), device), int(metrics["input_size"]),
+                     flip) for m in metrics.get("seeds", [])]
 
 
 def target_diagnosis(run_dir: str | Path | RunDir, device: str = "cpu") -> pd.DataFrame:
@@ -186,16 +187,15 @@ def target_diagnosis(run_dir: str | Path | RunDir, device: str = "cpu") -> pd.Da
     manifest, paths, boxes = read_evaluation_split(rd)
     twin_paths = twin_files(manifest)
     dets = detectors(rd, manifest, pick_device(device))
-    seeds = [int(m["seed"]) for m in rd.read_classifier_metrics("fastmri").get("seeds", [])] if dets else []
-    per_seed: dict[int, list[float]] = {s: [] for s in seeds}
+    per_seed: dict[int, list[float]] = {det.seed: [] for det in dets}
     for path in paths:
         rois = boxes_by_slice(boxes, path.stem)
-        if not rois or path.stem not in twin_paths:
+        if not rois or path.stem not in twin_paths or not dets:
             continue
         target, slices = read_volume(path)[1], sorted(rois)
         twin = read_twin(twin_paths[path.stem]).twin[slices]
-        for s, det in zip(seeds, dets):
-            per_seed[s].append(diagnostic_auc(*det.scores(target, slices, twin)))
+        for det in dets:
+            per_seed[det.seed].append(diagnostic_auc(*det.scores(target, slices, twin)))
     return pd.DataFrame([dict(classifier_seed=s, n_volumes=len(v), diagnostic_auc=float(np.mean(v)))
                          for s, v in per_seed.items() if v], columns=["classifier_seed", "n_volumes", "diagnostic_auc"])
 

@@ -11,7 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from mrlib import pipeline
+from mrlib import evaluate, pipeline
 from mrlib.compare import compare_runs
 from mrlib.rundir import NOTEBOOKS, RunDir
 
@@ -56,6 +56,9 @@ def test_every_chapter_wrote_its_results(smoke_run):
     lesion = df["roi_psnr"].notna()
     assert lesion.any() and df.loc[lesion, "diagnostic_auc"].between(0, 1).all()
     assert df.loc[~lesion, "diagnostic_auc"].isna().all()
+    ceiling = evaluate.target_diagnosis(rd)  # one row per in-domain classifier, over the lesion volumes
+    assert list(ceiling.classifier_seed) == [m["seed"] for m in rd.read_classifier_metrics("fastmri")["seeds"]]
+    assert (ceiling.n_volumes == df.loc[lesion, "volume"].nunique()).all() and ceiling.diagnostic_auc.between(0, 1).all()
     assert "comparisons" in summary
     for nb in NOTEBOOKS:
         assert _images(rd.executed(nb)) >= 2, f"{nb} shows too few figures"
