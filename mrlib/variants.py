@@ -116,11 +116,14 @@ class LossVariant:
                 raise ParameterError("variant", f"{self.name}: {k} must be {type(default).__name__}, got {v!r}")
             values[k] = v
         self.values = values
+        self.pinned: frozenset[str] = frozenset()  # set by make_variant: explicit values the run's defaults would undo
 
     @property
     def key(self) -> str:
-        """The name plus the parameters that differ from the class defaults."""
-        changed = [f"{k}={_fmt(v)}" for k, v in self.values.items() if v != self.params[k]]
+        """The name plus the parameters that differ from the class defaults, and those a key
+        set explicitly against the run's defaults (:func:`make_variant`), so that a key
+        names the same variant again under the run's parameters."""
+        changed = [f"{k}={_fmt(v)}" for k, v in self.values.items() if v != self.params[k] or k in self.pinned]
         return f"{self.name}[{','.join(changed)}]" if changed else self.name
 
     def __repr__(self) -> str:
@@ -391,7 +394,12 @@ def make_variant(key: str, defaults: Mapping[str, Any] | None = None) -> LossVar
     cls = REGISTRY[name]
     values = {k: v for k, v in (defaults or {}).items() if k in cls.params}
     values.update(explicit)
-    return cls(**values)
+    variant = cls(**values)
+    # `oracle[alpha=4]` in a run with alpha=50: 4 is the class default, so without the pin its
+    # key would be `oracle`, which the run's defaults read back as alpha=50
+    variant.pinned = frozenset(k for k in explicit if k in values and k in (defaults or {})
+                               and variant.values[k] != defaults[k])
+    return variant
 
 
 def variant_table() -> pd.DataFrame:

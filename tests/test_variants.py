@@ -66,6 +66,22 @@ def test_keys_name_the_class_and_the_parameters_that_differ():
         assert make_variant(name).key == name
 
 
+def test_a_key_names_the_same_variant_again_under_the_runs_parameters():
+    # the study's alpha=4 arms were trained as alpha=50 arms: `oracle[alpha=4]` became `oracle`
+    # (4 is the class default), which the run's alpha=50 read back as oracle[alpha=50]
+    run = {"alpha": 50.0, "weight_rule": "matched", "cam_method": "layercam"}
+    assert make_variant("oracle[alpha=4]", run).key == "oracle[alpha=4]"
+    assert make_variant("oracle[alpha=4]", {"alpha": 4.0}).key == "oracle"  # nothing to pin
+    from mrlib.presets import get_preset
+    params = get_preset("study")["params"]
+    keys = [make_variant(v, params).key for v in params["variants"]]
+    assert len(set(keys)) == len(keys) == 13
+    for key in keys:  # what notebook 05 passes to train_run, which resolves it again
+        variant = make_variant(key, params)
+        assert variant.key == key and variant.values == make_variant(key).values | {
+            k: v for k, v in params.items() if k in variant.params and k not in parse_key(key)[1]}
+
+
 @pytest.mark.parametrize("key, message", [
     ("dcgan", "unknown variant 'dcgan'"),
     ("oracle[beta=2]", "takes no parameter beta"),
