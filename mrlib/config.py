@@ -83,6 +83,8 @@ class UnetConfig(_Config):
     unet_steps_per_epoch: int = _f(0, "training steps per epoch, each epoch a fresh shuffle of the training slices; "
                                       "0: one whole pass")
     unet_batch_size: int = _f(8, "slices per training step (per process under torchrun)")
+    unet_val_every: int = _f(1, "validate on the selection split every k epochs and at the last; the best "
+                                "checkpoint is the best of those epochs")
     checkpoint: str = _f("last", "which checkpoint chapter 6 evaluates, one rule for every arm: last (the end of the "
                                  "fixed schedule) or best (lowest plain validation MSE, which favours the unweighted arm)")
     weight_rule: str = _f("linear", "heatmap to weight for the gradcam and shuffled variants: linear, threshold, or "

@@ -68,11 +68,12 @@ def read_runs(run_dir: str | Path | RunDir, variants: Iterable[str] | None = Non
     trained = list(dict.fromkeys(r["variant"] for r in runs))
     if variants:
         variants = [variants] if isinstance(variants, str) else list(variants)
-        unknown = [v for v in variants if not any(names_run(v, r) for r in runs)]
+        named = {v: runs_named(v, runs) for v in variants}
+        unknown = [v for v, rs in named.items() if not rs]
         if unknown:
             raise ParameterError("variants", f"{', '.join(map(repr, unknown))} not trained in {rd.registry}; "
                                              f"trained: {', '.join(trained) or 'none'}")
-        runs = [r for r in runs if any(names_run(v, r) for v in variants)]
+        runs = [r for r in runs if any(r in rs for rs in named.values())]
     if seeds:
         seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else seeds)]
         have = sorted({int(r["seed"]) for r in runs})
@@ -123,13 +124,22 @@ def names_run(key: str, run: Mapping[str, Any]) -> bool:
         return False
 
 
+def runs_named(key: str, runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs ``key`` names: those whose key it is, if any; else those it names under their
+    own parameters (:func:`names_run`). A full key never also picks a run it names only
+    through the run's parameters, e.g. the matched Grad-CAM arm's key does not pick
+    the same arm with ``roi_source=kneemri`` trained beside it."""
+    exact = [r for r in runs if r["variant"] == key]
+    return exact or [r for r in runs if names_run(key, r)]
+
+
 def first_seeds(runs: Sequence[Mapping[str, Any]], variants: Iterable[str] | None = None) -> set[tuple[str, int]]:
     """``{(variant, seed)}``: the first trained seed of each variant (of ``variants``, each
     as :func:`names_run` reads it; None: all)."""
-    wanted = None if variants is None else list(variants)
+    wanted = None if variants is None else [r for v in variants for r in runs_named(v, runs)]
     out: dict[str, int] = {}
     for r in runs:
-        if wanted is None or any(names_run(v, r) for v in wanted):
+        if wanted is None or r in wanted:
             out.setdefault(r["variant"], int(r["seed"]))
     return set(out.items())
 

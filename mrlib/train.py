@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .artifacts import atomic_path
-from .errors import MrlibError
+from .errors import MrlibError, ParameterError
 from .rundir import CheckpointDir
 from .runtime import Heartbeat, plain_console, progress_bar, use_bf16
 
@@ -87,6 +87,7 @@ def fit(
     desc: str = "train",
     dist=None,
     precision: str = "auto",
+    validate_every: int = 1,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs; return the history (one dict per epoch).
 
@@ -109,7 +110,14 @@ def fit(
             (:func:`mrlib.runtime.use_bf16`): ``auto`` (bf16 autocast on CUDA, fp32
             elsewhere), ``bf16`` or ``fp32``. The weights and the optimizer stay fp32;
             evaluation after training is the caller's, in fp32.
+        validate_every: validate after every k-th epoch and after the last; the other
+            epochs' records hold no validation values, and the best checkpoint is the best
+            of the validated epochs (``ReduceLROnPlateau`` needs every epoch: 1).
     """
+    if isinstance(validate_every, bool) or not isinstance(validate_every, int) or validate_every < 1:
+        raise ParameterError("validate_every", f"must be a positive integer, got {validate_every!r}")
+    if validate_every > 1 and isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ParameterError("validate_every", "ReduceLROnPlateau steps on every epoch's validation: use 1")
     ckpts = out_dir if isinstance(out_dir, CheckpointDir) else CheckpointDir(out_dir)
     distributed = dist is not None and dist.active
     main = dist is None or dist.is_main
@@ -157,11 +165,13 @@ def fit(
             n += 1
             bar.set_postfix(loss=f"{total / n:.4g}")
         model.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            record = {"epoch": epoch + 1, "train_loss": total / max(n, 1), **validate(model)}
+        record = {"epoch": epoch + 1, "train_loss": total / max(n, 1)}
+        if (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                record.update(validate(model))
         record["lr"] = optimizer.param_groups[0]["lr"]
         history.append(record)
-        value = sign * record[monitor]
+        value = sign * record[monitor] if monitor in record else math.inf
         if scheduler is not None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(record[monitor])

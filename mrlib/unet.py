@@ -62,6 +62,7 @@ def train_unet(
     progress: bool = True,
     dist=None,
     shards: int | None = None,
+    validate_every: int = 1,
 ) -> list[dict[str, float]]:
     """Train a reconstruction U-Net with one loss variant.
 
@@ -78,6 +79,7 @@ def train_unet(
         optimizer: ``"adam"`` or ``"rmsprop"`` (fastMRI's U-Net baseline).
         lr_step: divide the learning rate by 10 every ``lr_step`` epochs (0: never).
         precision: the training steps' arithmetic (:func:`mrlib.train.fit`).
+        validate_every: validate every k epochs and after the last (:func:`mrlib.train.fit`).
         steps_per_epoch: stop an epoch after this many steps (0: one pass over the training
             slices). Each epoch's shuffle is fresh, so a large training split is sampled
             anew every epoch at a cost fixed by this number, not by the split's size.
@@ -154,7 +156,7 @@ def train_unet(
 
     return fit(model, batches, step, validate, opt, epochs, out_dir, scheduler=sched, monitor="val_mse",
                mode="min", resume=resume, config=config, progress=progress, desc=f"U-Net {variant.key}",
-               dist=dist, precision=precision)
+               dist=dist, precision=precision, validate_every=validate_every)
 
 
 def run_config(cfg: UnetConfig, variant: LossVariant, mask_spec: MaskSpec) -> dict[str, Any]:
@@ -207,6 +209,7 @@ def train_run(
         val_weights=variant.weights(banks["selection"], context),
         epochs=cfg.unet_epochs, lr=cfg.unet_lr, batch_size=cfg.unet_batch_size, optimizer=cfg.optimizer,
         lr_step=cfg.lr_step, steps_per_epoch=cfg.unet_steps_per_epoch, precision=cfg.precision, seed=cfg.seed,
+        validate_every=cfg.unet_val_every,
         resume=resume,
         config={k: v for k, v in config.items() if k not in ("unet_epochs", "checkpoint")}, progress=progress,
         dist=dist if distributed else None,

@@ -229,7 +229,9 @@ def compare_curves(histories: dict[str, Sequence[dict]], panels: dict[str, str],
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
     for ax, (title, key) in zip(axes.flat, panels.items()):
         for label, hist in histories.items():
-            ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=label)
+            points = [(h["epoch"], h[key]) for h in hist if key in h]  # epochs without validation: no point
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=label)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         if log:

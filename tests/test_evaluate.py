@@ -333,3 +333,20 @@ def test_roi_breakdown_by_acquisition_and_kind_counts_and_pairs_volumes():
     assert table.loc["kind: Meniscus Tear", "diff"] == pytest.approx(3.0)
     assert table.loc["acquisition: CORPD_FBK", "diff"] == pytest.approx(1.0)
     assert table.loc["acquisition: CORPD_FBK", "mean"] == pytest.approx(22.05)
+
+
+def test_a_full_key_picks_its_own_runs_and_a_name_the_runs_it_resolves_to(tmp_path):
+    from mrlib.evaluate import first_seeds, read_runs
+    from mrlib.rundir import RunDir
+
+    matched = "gradcam[alpha=16,weight_rule=matched,cam_method=layercam]"
+    rd = RunDir(tmp_path / "run")
+    common = dict(alpha=16.0, weight_rule="matched", cam_method="layercam", threshold=0.5, gate=False)
+    for seed in (0, 1):
+        rd.register_run(dict(variant=matched, seed=seed, roi_source="fastmri", **common))
+        rd.register_run(dict(variant=matched[:-1] + ",roi_source=kneemri]", seed=seed, roi_source="kneemri", **common))
+    # the kneemri arm resolves to its own key under its own parameters, yet the full key is not its name
+    assert [r["roi_source"] for r in read_runs(rd, [matched])] == ["fastmri", "fastmri"]
+    assert first_seeds(rd.read_registry(), [matched]) == {(matched, 0)}
+    # a bare name still names every run it becomes under that run's parameters
+    assert len(read_runs(rd, ["gradcam"])) == 4

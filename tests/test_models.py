@@ -140,12 +140,12 @@ def _tiny_problem(seed=0):
     return x, y
 
 
-def _train(out_dir, epochs, resume=True):
+def _train(out_dir, epochs, resume=True, validate_every=1, plateau=True):
     torch.manual_seed(0)
     x, y = _tiny_problem()
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1) if plateau else None
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     def batches(epoch):
@@ -156,8 +156,24 @@ def _train(out_dir, epochs, resume=True):
         model, batches, lambda m, idx: loss_fn(m(x[idx])[:, 0], y[idx]),
         lambda m: {"val_loss": loss_fn(m(x)[:, 0], y).item()},
         opt, epochs, out_dir, scheduler=sched, resume=resume, config={"lr": 1e-2}, progress=False,
+        validate_every=validate_every,
     )
     return model, history
+
+
+def test_validating_every_third_epoch_and_the_last_trains_the_same_weights(tmp_path):
+    every, h1 = _train(tmp_path / "a", epochs=5, plateau=False)
+    sparse, h2 = _train(tmp_path / "b", epochs=5, validate_every=3, plateau=False)
+    for p, q in zip(every.parameters(), sparse.parameters()):
+        assert torch.equal(p, q)  # validation changes nothing of the training
+    assert [("val_loss" in h) for h in h2] == [False, False, True, False, True]
+    assert [h["train_loss"] for h in h2] == [h["train_loss"] for h in h1]
+    assert [h2[2]["val_loss"], h2[4]["val_loss"]] == [h1[2]["val_loss"], h1[4]["val_loss"]]
+    # the best checkpoint is the best of the validated epochs
+    best = torch.load(CheckpointDir(tmp_path / "b").best, weights_only=True)
+    assert best["epoch"] + 1 == (3 if h1[2]["val_loss"] < h1[4]["val_loss"] else 5)
+    with pytest.raises(ParameterError, match="ReduceLROnPlateau"):
+        _train(tmp_path / "c", epochs=2, validate_every=2)
 
 
 def test_resumed_training_equals_an_uninterrupted_run(tmp_path):

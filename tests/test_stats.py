@@ -186,14 +186,14 @@ def test_the_declaration_is_checked_against_the_preset(tmp_path):
     rd = RunDir(tmp_path / "run")
     claim_run_dir(rd, "default", params, ["01_data"])
     declared, problems = declared_comparisons(rd, current, "default")
-    assert problems == [] and declared["positive_control"] == "oracle[alpha=50]"
-    assert declared["primary"] == "gradcam[alpha=50,weight_rule=matched,cam_method=layercam]" and declared["acceleration"] == 8
+    assert problems == [] and declared["positive_control"] == "oracle[alpha=16]"
+    assert declared["primary"] == "gradcam[alpha=16,weight_rule=matched,cam_method=layercam]" and declared["acceleration"] == 8
     assert declared["declared_in"] == "preset default"
     # chapter 6 asked for another acceleration than the run declared: refused, and said why
     declared, problems = declared_comparisons(rd, {**current, "primary_acceleration": 4}, "default")
     assert declared is None and "primary_acceleration" in problems[0]
     # a run started with another strength than its preset declares
     other = RunDir(tmp_path / "other")
-    claim_run_dir(other, "default", {**params, "alpha": 16.0}, ["01_data"])
+    claim_run_dir(other, "default", {**params, "alpha": 50.0}, ["01_data"])
     declared, problems = declared_comparisons(other, current, "default")
-    assert declared is None and any("alpha" in p and "16.0" in p for p in problems)
+    assert declared is None and any("alpha" in p and "50.0" in p for p in problems)
