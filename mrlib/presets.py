@@ -42,7 +42,7 @@ _DEFAULT_SYNTH = dict(
 # arm matched to the oracle (the threshold whose region covers the true boxes' area, at the
 # oracle's alpha), its shuffled-map control, the oracle as the positive control and random
 # boxes inside the knee as its control.
-# The strength, alpha = 16, was chosen on a pilot: `study` on cohort seed 0 (clone of b66d222,
+# The strength, alpha = 16, was chosen on a pilot: `study` on cohort seed 0 (clone of 343181e,
 # three seeds), where the oracle at 8x gained +0.36 dB ROI-PSNR [-0.09, +0.85] at alpha = 50
 # and +0.47 dB [+0.14, +0.87] at alpha = 16 (+0.16 at 150; the alpha = 4 arms were lost to a
 # key bug). Choosing the strength on that data and testing it there would be circular, so

@@ -6,6 +6,7 @@ Every sentence that states a result is produced here from ``summary.json``
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -159,10 +160,33 @@ def answer_paragraph(summary: Mapping[str, Any]) -> str:
                     f"the true boxes, so the primary arm `{pr['variant']}` was not tested and its result "
                     f"({_entry_text(pr)}, minimal detectable effect {_fmt(pr['mde'], 2)} dB) says nothing "
                     "about the method.")
+        text.append(sizing_sentence(pc))  # empty when there is nothing to project
     if pc["n_seeds"] <= 3:
         text.append(f"With {pc['n_seeds']} seeds, the seed component of the intervals rests on "
                     f"{pc['n_seeds'] - 1} degree(s) of freedom.")
-    return " ".join(text)
+    return " ".join(filter(None, text))
+
+
+def sizing_sentence(entry: Mapping[str, Any]) -> str:
+    """What a design would need to detect ``entry``'s estimate, from its ``sizing`` rows
+    (:func:`mrlib.stats.sizing`): the cheapest projected design (fewest seed x volume
+    cells) whose minimal detectable effect is at most the estimate, or that none in the
+    grid reaches it. Empty without a sizing or with an estimate at or below 0."""
+    rows, diff = entry.get("sizing") or [], entry.get("diff")
+    if not rows or diff is None or diff <= 0:
+        return ""
+    c = entry.get("variance_components", {})
+    sds = ", ".join(f"{k} {math.sqrt(v):.2f}" for k, v in c.items())
+    head = (f"Projected from this run's variance components (standard deviations in dB: {sds}), detecting an "
+            f"effect of the estimated size ({_fmt(diff, 2, True)} dB) with 80 % power")
+    fits = sorted((r for r in rows if r["mde"] <= diff), key=lambda r: (r["n_seeds"] * r["n_volumes"], r["n_seeds"]))
+    if not fits:
+        big = max(rows, key=lambda r: r["n_seeds"] * r["n_volumes"])
+        return (f"{head} would need more than {big['n_seeds']} seeds × {big['n_volumes']} lesion volumes "
+                f"(minimal detectable effect there {_fmt(big['mde'], 2)} dB).")
+    r = fits[0]
+    return (f"{head} would need about {r['n_seeds']} seeds × {r['n_volumes']} lesion volumes "
+            f"(minimal detectable effect {_fmt(r['mde'], 2)} dB).")
 
 
 def price_of_attention(summary: Mapping[str, Any], acceleration: int | None = None) -> pd.DataFrame:

@@ -265,6 +265,60 @@ def mde(se: float, n_volumes: int, alpha: float = 0.05, power: float = 0.80) -> 
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
 
 
+def variance_components(d: np.ndarray) -> dict[str, float]:
+    """The variances of a crossed ``(n_seeds, n_volumes)`` matrix of paired differences,
+    ``d(s, v) = mu + a_s + b_v + e_sv``, by the method of moments of the two-way layout
+    without replication (negative estimates set to 0).
+
+    Returns:
+        ``{"seed": var(a), "volume": var(b), "residual": var(e)}``; the residual holds the
+        seed x volume interaction (each network's own errors on each volume).
+    """
+    d = np.asarray(d, dtype=np.float64)
+    n_s, n_v = d.shape
+    if n_s < 2 or n_v < 2:
+        raise ParameterError("differences", f"variance components need at least 2 seeds and 2 volumes, got {d.shape}")
+    rows, cols = d.mean(axis=1) - d.mean(), d.mean(axis=0) - d.mean()
+    resid = d - d.mean() - rows[:, None] - cols[None, :]
+    ms_e = float((resid ** 2).sum() / ((n_s - 1) * (n_v - 1)))
+    ms_s = float(n_v * (rows ** 2).sum() / (n_s - 1))
+    ms_v = float(n_s * (cols ** 2).sum() / (n_v - 1))
+    return {"seed": max((ms_s - ms_e) / n_v, 0.0), "volume": max((ms_v - ms_e) / n_s, 0.0), "residual": ms_e}
+
+
+def sizing(d: np.ndarray, se: float, seeds: Sequence[int] = (3, 5, 8, 12),
+           volume_factors: Sequence[float] = (1, 2, 4, 8)) -> pd.DataFrame:
+    """What other numbers of seeds and volumes would give, projected from one run.
+
+    The standard error of the mean of a crossed design is
+    ``sqrt(var_seed / S + var_volume / V + var_residual / (S V))``
+    (:func:`variance_components`). The projection keeps the run's own bootstrap ``se``
+    and scales it by that formula's ratio between the design ``(S, V)`` and the run's, then
+    takes :func:`mde` at ``V``.
+
+    Args:
+        d: the run's ``(n_seeds, n_volumes)`` differences; se: their two-way bootstrap SE.
+        seeds: the seed counts S to project; volume_factors: V as multiples of the run's.
+
+    Returns:
+        One row per design: ``n_seeds, n_volumes, se, mde``.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    c = variance_components(d)
+
+    def model_var(n_s: int, n_v: int) -> float:
+        return c["seed"] / n_s + c["volume"] / n_v + c["residual"] / (n_s * n_v)
+
+    base = model_var(*d.shape)
+    rows = []
+    for n_s in seeds:
+        for f in volume_factors:
+            n_v = int(round(f * d.shape[1]))
+            s = se * np.sqrt(model_var(n_s, n_v) / base) if base > 0 else float("nan")
+            rows.append(dict(n_seeds=int(n_s), n_volumes=n_v, se=float(s), mde=mde(s, n_v)))
+    return pd.DataFrame(rows, columns=["n_seeds", "n_volumes", "se", "mde"])
+
+
 def paired_matrix(df: pd.DataFrame, arm: str, reference: str, metric: str, acceleration: int) -> pd.DataFrame:
     """``d(seed, volume) = metric(arm, seed, volume) - metric(reference, seed, volume)``, a
     ``(seeds, volumes)`` frame; a reference without seeds (zero filling, seed -1) pairs with
@@ -319,7 +373,8 @@ def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
 
     Returns:
         ``positive_control`` and ``primary``: :func:`comparison` entries with ``strength``,
-        ``declared_in``, ``tested`` and ``significant``. They are tested in this fixed
+        ``declared_in``, ``tested`` and ``significant`` (the positive control also its
+        ``variance_components`` and ``sizing``: :func:`sizing`). They are tested in this fixed
         sequence at :data:`ALPHA`: the primary only if the positive control succeeded (its
         interval above 0 and p < alpha), each p unadjusted. ``unet_vs_zero_filled``: the
         reference against zero filling, per acceleration, on ``psnr`` and ``roi_psnr``.
@@ -341,6 +396,11 @@ def decisive_summary(df: pd.DataFrame, declared: Mapping[str, Any],
         e["significant"] = bool(tested and e["p"] is not None and e["p"] < ALPHA and e["ci"][0] > 0)
         tested = e["significant"]
         out[role] = e
+    pc = out["positive_control"]
+    if pc["se"] is not None and pc["n_seeds"] >= 2 and pc["n_volumes"] >= 2:
+        d = paired_matrix(df, declared["positive_control"], ref, metric, acc).to_numpy()
+        pc["variance_components"] = variance_components(d)
+        pc["sizing"] = sizing(d, pc["se"]).to_dict(orient="records")
     accs = sorted(int(a) for a in df["acceleration"].unique())
     out["unet_vs_zero_filled"] = [entry(ref, m, a, reference=ZERO_FILLED) for a in accs
                                   for m in ("psnr", "roi_psnr") if m in df and df[m].notna().any()]

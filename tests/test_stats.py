@@ -56,6 +56,47 @@ def _rows(values: dict, metric="roi_psnr", acc=8):
                          for (v, s, vol), x in values.items()])
 
 
+def test_variance_components_recover_each_source_of_variance():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 6), rng.normal(0, 1, 9)
+    only_seeds = 0.3 + a[:, None] + np.zeros((6, 9))
+    c = stats.variance_components(only_seeds)
+    assert c["seed"] == pytest.approx(a.var(ddof=1)) and c["volume"] == pytest.approx(0, abs=1e-20)
+    assert c["residual"] == pytest.approx(0, abs=1e-20)
+    c = stats.variance_components(b[None, :] + np.zeros((6, 9)))
+    assert c["volume"] == pytest.approx(b.var(ddof=1)) and c["seed"] == pytest.approx(0, abs=1e-20)
+    big = 2.0 * rng.normal(size=(40, 1)) + 0.5 * rng.normal(size=(1, 60)) + 1.0 * rng.normal(size=(40, 60))
+    c = stats.variance_components(big)
+    assert c["seed"] == pytest.approx(4.0, rel=0.35) and c["volume"] == pytest.approx(0.25, rel=0.4)
+    assert c["residual"] == pytest.approx(1.0, rel=0.1)
+    with pytest.raises(ParameterError, match="at least 2 seeds"):
+        stats.variance_components(np.zeros((1, 5)))
+
+
+def test_sizing_keeps_the_runs_own_se_and_shrinks_it_by_the_crossed_formula():
+    rng = np.random.default_rng(1)
+    d = 0.2 + 0.3 * rng.normal(size=(3, 1)) + 0.4 * rng.normal(size=(1, 12)) + 0.5 * rng.normal(size=(3, 12))
+    table = stats.sizing(d, se=0.15, seeds=(3, 6), volume_factors=(1, 2))
+    own = table[(table.n_seeds == 3) & (table.n_volumes == 12)].iloc[0]
+    assert own.se == pytest.approx(0.15) and own.mde == pytest.approx(stats.mde(0.15, 12))
+    assert (table.se <= 0.15 + 1e-12).all() and table.se.iloc[-1] < table.se.iloc[0]
+    # variance only between seeds: more volumes buy nothing, more seeds buy sqrt(3 / 6)
+    seeds_only = stats.sizing(rng.normal(size=(3, 1)) + np.zeros((3, 12)), se=0.1, seeds=(3, 6), volume_factors=(1, 2))
+    assert list(seeds_only.se.round(12)) == [0.1, 0.1, round(0.1 * np.sqrt(0.5), 12), round(0.1 * np.sqrt(0.5), 12)]
+
+
+def test_the_answer_names_the_design_a_failed_control_would_need():
+    from mrlib import report
+
+    rows = [dict(n_seeds=3, n_volumes=19, se=0.13, mde=0.39), dict(n_seeds=5, n_volumes=38, se=0.09, mde=0.27),
+            dict(n_seeds=8, n_volumes=19, se=0.1, mde=0.30), dict(n_seeds=12, n_volumes=76, se=0.06, mde=0.17)]
+    entry = dict(diff=0.3, sizing=rows, variance_components={"seed": 0.01, "volume": 0.16, "residual": 0.16})
+    text = report.sizing_sentence(entry)
+    assert "about 8 seeds × 19 lesion volumes" in text and "seed 0.10, volume 0.40, residual 0.40" in text
+    assert "more than 12 seeds × 76" in report.sizing_sentence({**entry, "diff": 0.1})
+    assert report.sizing_sentence({**entry, "diff": -0.2}) == ""
+
+
 def test_paired_matrix_pairs_seed_with_seed_and_broadcasts_zero_filling():
     vals = {("oracle", 0, "a"): 11.0, ("oracle", 1, "a"): 12.0, ("oracle", 0, "b"): 13.0, ("oracle", 1, "b"): 15.0,
             ("unweighted", 0, "a"): 10.0, ("unweighted", 1, "a"): 10.5, ("unweighted", 0, "b"): 12.0,
@@ -134,8 +175,11 @@ def test_the_answer_paragraph_is_computed_from_the_confirmatory_entries():
     assert "succeeded" in text and f"{pc['diff']:+.2f} [{pc['ci'][0]:+.2f}, {pc['ci'][1]:+.2f}] dB" in text
     assert "α = 50" in text and "20.0%" in text and "minimal detectable effect" in text
     assert "excluded at 95 %" in text and "2 degree(s) of freedom" in text
-    failed = report.answer_paragraph(stats.decisive_summary(_study(0.0), DECLARED, metrics=("roi_psnr",)))
+    failed_summary = stats.decisive_summary(_study(0.0), DECLARED, metrics=("roi_psnr",))
+    failed = report.answer_paragraph(failed_summary)
     assert "could not detect an ROI effect" in failed and "not tested" in failed
+    sizing = report.sizing_sentence(failed_summary["positive_control"])
+    assert len(failed_summary["positive_control"]["sizing"]) == 16 and sizing in failed
     table = report.confirmatory_table(ok)
     assert list(table["comparison"][:2]) == ["positive control", "primary"]
     assert list(table["result"][:2]) == ["significant", "not significant"]
