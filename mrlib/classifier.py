@@ -273,12 +273,18 @@ def _augment(x: torch.Tensor, rng: np.random.Generator, shift: int) -> torch.Ten
 
 def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, n_bins: int = 5) -> np.ndarray:
     """One epoch's slices: every positive slice of exams ``idx`` and, for each, a negative
-    drawn from the same bin of relative position (from any negative if its bin has none),
-    in a random order. Both classes then have the same position histogram, so where a
-    slice lies says nothing of its label, and half of every batch holds a lesion.
+    drawn from the same bin of relative position (from any negative if its bin has none);
+    then, from each bin that holds no positive, as many negatives as an occupied bin gets
+    on average; in a random order.
+
+    Where lesions occur, both classes then have the same position histogram, so where a
+    slice lies says nothing of its label there. The bins without a lesion (the outermost
+    slices of the synthetic knees) are still seen, as negatives: matched sampling alone
+    never showed them, and a classifier that had never seen a posterior slice fired on it,
+    which put lesion-free exams above lesion exams.
 
     Returns:
-        ``(2 * n_positive,)`` int64 indices into the slices of ``idx`` taken in order.
+        ``(2 * n_positive + n_unmatched,)`` int64 indices into the slices of ``idx`` taken in order.
     """
     y = np.concatenate([slice_labels[i] for i in idx]).astype(bool)
     bins = np.concatenate([np.arange(len(slice_labels[i])) * n_bins // len(slice_labels[i]) for i in idx])
@@ -288,20 +294,23 @@ def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Genera
                                              f"of {len(y)}")
     pool = {b: neg[bins[neg] == b] for b in np.unique(bins)}
     drawn = np.array([rng.choice(pool[bins[p]] if len(pool[bins[p]]) else neg) for p in pos], dtype=np.int64)
-    return rng.permutation(np.concatenate([pos, drawn]))
+    occupied = np.unique(bins[pos])
+    per_bin = int(round(len(pos) / len(occupied)))
+    unmatched = [rng.choice(pool[b], per_bin) for b in sorted(pool) if b not in occupied and len(pool[b])]
+    return rng.permutation(np.concatenate([pos, drawn, *unmatched]).astype(np.int64))
 
 
 def slice_epoch(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, twins=(),
                 twin_share: float = 0.0) -> np.ndarray:
     """One epoch's slices as rows ``(exam, slice, from_twin)``: :func:`matched_negatives`,
-    then each negative, with probability ``twin_share``, replaced by a positive slice's
+    then each of the first ``n_positive`` negatives, with probability ``twin_share``, replaced by a positive slice's
     own lesion-free twin slice (same exam and slice, ``from_twin`` 1), for exams in
     ``twins``. A twin differs from its exam only by the lesion, so such a pair teaches
     the lesion and nothing else; position-matched negatives keep the logit comparable
     across slices. ``twin_share = 0`` or no twins draws nothing more from ``rng``.
 
     Returns:
-        int64 ``(2 * n_positive, 3)``.
+        int64 ``(len(matched_negatives(...)), 3)``.
     """
     flat = np.array([(i, s) for i in idx for s in range(len(slice_labels[i]))], dtype=np.int64)
     order = matched_negatives(slice_labels, idx, rng)
@@ -310,7 +319,7 @@ def slice_epoch(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, t
     if twin_share <= 0 or not len(twins):
         return rows
     positive = np.array([slice_labels[i][k] for i, k in rows[:, :2]], dtype=bool)
-    pos, neg = rows[positive], np.flatnonzero(~positive)
+    pos, neg = rows[positive], np.flatnonzero(~positive)[:int(positive.sum())]
     swap = (rng.random(len(pos)) < twin_share) & np.isin(pos[:, 0], list(twins))
     rows[neg[swap], :2] = pos[swap, :2]
     rows[neg[swap], 2] = 1
@@ -340,7 +349,8 @@ def train_slice_classifier(
 
     An epoch visits every positive training slice and as many negatives
     (:func:`slice_epoch`: position-matched slices, a ``twin_share`` of them the positive's
-    own lesion-free twin where ``data.twins`` has one), drawn from ``(seed, epoch)``; each
+    own lesion-free twin where ``data.twins`` has one), plus negatives from the positions
+    that hold no lesion (:func:`matched_negatives`), drawn from ``(seed, epoch)``; each
     slice is flipped left-right at random and shifted by up to ``shift`` pixels. The
     selection loss weights the selection split's slices by :func:`position_weights`, the
     same position balance (twins never enter selection or evaluation).
@@ -378,7 +388,7 @@ def train_slice_classifier(
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     config = {"lr": lr, "weight_decay": weight_decay, "seed": seed, "batch_size": batch_size, "shift": shift,
-              "schedule": "constant", "memory_format": "channels_last", "sampling": "position-matched negatives",
+              "schedule": "constant", "memory_format": "channels_last", "sampling": "position-matched negatives, and negatives from lesion-free positions",
               "twin_share": twin_share if twins else 0.0, "n_twins": len(twins), "precision": precision, "n_train_slices": n_items, "n_val_slices": len(y_val)}
     return fit(model, batches, step, validate, optimizer, epochs, out_dir,
                monitor="val_loss", mode="min", resume=resume, config=config, progress=progress, desc="slice classifier",

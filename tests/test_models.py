@@ -238,7 +238,7 @@ def test_position_weights_make_a_slices_position_say_nothing_of_its_label():
     assert roc_auc_score(y[keep], score[keep], sample_weight=w[keep]) == pytest.approx(0.5, abs=1e-6)
 
 
-def test_matched_negatives_give_both_classes_the_same_position_histogram():
+def test_matched_negatives_give_both_classes_the_same_position_histogram_and_show_every_position():
     from mrlib.classifier import matched_negatives
 
     labels = [np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
@@ -246,10 +246,13 @@ def test_matched_negatives_give_both_classes_the_same_position_histogram():
     y = np.concatenate(labels).astype(bool)
     bins = np.concatenate([np.arange(10) * 5 // 10] * 4)
     order = matched_negatives(labels, [0, 1, 2, 3], np.random.default_rng(0))
-    assert len(order) == 2 * y.sum()
     assert sorted(order[y[order]]) == sorted(np.flatnonzero(y))  # every positive, once
-    np.testing.assert_array_equal(np.bincount(bins[order[y[order]]], minlength=5),
-                                  np.bincount(bins[order[~y[order]]], minlength=5))
+    positives, negatives = (np.bincount(bins[order[c]], minlength=5) for c in (y[order], ~y[order]))
+    # where lesions occur (bins 1 to 4), the negatives have the positives' position histogram;
+    # bin 0, with no lesion, gives the mean count of an occupied bin (6 positives / 4 bins -> 2)
+    np.testing.assert_array_equal(positives, [0, 1, 3, 1, 1])
+    np.testing.assert_array_equal(negatives, [2, 1, 3, 1, 1])
+    assert len(order) == 2 * y.sum() + 2
     again = matched_negatives(labels, [0, 1, 2, 3], np.random.default_rng(0))
     np.testing.assert_array_equal(order, again)  # drawn from the rng alone
     with pytest.raises(ParameterError, match="positive and negative"):
@@ -267,9 +270,10 @@ def test_slice_epoch_pairs_a_share_of_positives_with_their_own_twin_slice():
     plain = slice_epoch(labels, idx, np.random.default_rng(3))
     np.testing.assert_array_equal(plain[:, :2], flat[matched_negatives(labels, idx, np.random.default_rng(3))])
     assert (plain[:, 2] == 0).all()
-    # every negative a twin: each positive slice appears once as itself and once from its twin
+    # share 1: each positive slice appears once as itself and once from its twin; the
+    # negatives of the two bins without a lesion (one each) stay as they are
     rows = slice_epoch(labels, idx, np.random.default_rng(3), twins={0: None, 1: None, 3: None}, twin_share=1.0)
-    assert y(rows).sum() == len(rows) // 2 == 4
+    assert y(rows).sum() == 4 and rows[:, 2].sum() == 4 and len(rows) == 10
     positives = sorted(map(tuple, rows[y(rows) == 1][:, :2]))
     assert sorted(map(tuple, rows[rows[:, 2] == 1][:, :2])) == positives
     # only exams with a twin are paired; half the share pairs some and leaves the rest matched
