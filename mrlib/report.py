@@ -176,7 +176,7 @@ def sizing_sentence(entry: Mapping[str, Any]) -> str:
     if not rows or diff is None or diff <= 0:
         return ""
     c = entry.get("variance_components", {})
-    sds = ", ".join(f"{k} {math.sqrt(v):.2f}" for k, v in c.items())
+    sds = ", ".join(f"{k} {math.sqrt(c[k]):.2f}" for k in ("seed", "volume", "residual") if k in c)
     head = (f"Projected from this run's variance components (standard deviations in dB: {sds}), detecting an "
             f"effect of the estimated size ({_fmt(diff, 2, True)} dB) with 80 % power")
     fits = sorted((r for r in rows if r["mde"] <= diff), key=lambda r: (r["n_seeds"] * r["n_volumes"], r["n_seeds"]))

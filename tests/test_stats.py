@@ -90,7 +90,8 @@ def test_the_answer_names_the_design_a_failed_control_would_need():
 
     rows = [dict(n_seeds=3, n_volumes=19, se=0.13, mde=0.39), dict(n_seeds=5, n_volumes=38, se=0.09, mde=0.27),
             dict(n_seeds=8, n_volumes=19, se=0.1, mde=0.30), dict(n_seeds=12, n_volumes=76, se=0.06, mde=0.17)]
-    entry = dict(diff=0.3, sizing=rows, variance_components={"seed": 0.01, "volume": 0.16, "residual": 0.16})
+    # as summary.json gives it back: keys sorted
+    entry = dict(diff=0.3, sizing=rows, variance_components={"residual": 0.16, "seed": 0.01, "volume": 0.16})
     text = report.sizing_sentence(entry)
     assert "about 8 seeds × 19 lesion volumes" in text and "seed 0.10, volume 0.40, residual 0.40" in text
     assert "more than 12 seeds × 76" in report.sizing_sentence({**entry, "diff": 0.1})
