@@ -42,10 +42,11 @@ def _default_run_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    synth = get_preset(args.preset)["synth"]
-    if synth is None:
+    preset = get_preset(args.preset)
+    if preset["synth"] is None:
         raise MrlibError("--preset", f"{args.preset!r} is a real-data preset; it has no synthetic cohort")
-    summary = generate(args.data, SynthConfig(**synth), seed=args.seed, multicoil=args.multicoil,
+    seed = args.seed if args.seed is not None else preset["params"].get("seed", 0)  # the preset's own cohort
+    summary = generate(args.data, SynthConfig(**preset["synth"]), seed=seed, multicoil=args.multicoil,
                        progress=not args.quiet, layout=args.layout)
     print(f"wrote {args.data}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict)))
     return 0
@@ -272,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default",
                    help=f"geometry and size: {', '.join(k for k, v in PRESETS.items() if v['synth'])} (default: default)")
     p.add_argument("--data", required=True, type=Path, help="data root to write (fastmri/, annotations/, kneemri/)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: the preset's cohort seed, 1 for default, 0 for the others)")
     p.add_argument("--multicoil", action="store_true", help="write multi-coil fastMRI files instead of single-coil")
     p.add_argument("--layout", choices=LAYOUTS, default="synthetic",
                    help="synthetic (every split with targets) or real: exactly as the real downloads are laid out "

@@ -271,7 +271,8 @@ def _augment(x: torch.Tensor, rng: np.random.Generator, shift: int) -> torch.Ten
     return torch.stack(out)
 
 
-def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, n_bins: int = 5) -> np.ndarray:
+def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, n_bins: int = 5,
+                      with_matched: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One epoch's slices: every positive slice of exams ``idx`` and, for each, a negative
     drawn from the same bin of relative position (from any negative if its bin has none);
     then, from each bin that holds no positive, as many negatives as an occupied bin gets
@@ -284,7 +285,9 @@ def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Genera
     which put lesion-free exams above lesion exams.
 
     Returns:
-        ``(2 * n_positive + n_unmatched,)`` int64 indices into the slices of ``idx`` taken in order.
+        ``(2 * n_positive + n_unmatched,)`` int64 indices into the slices of ``idx`` taken in
+        order; with ``with_matched``, also a boolean mask of the same length that marks the
+        position-matched negatives.
     """
     y = np.concatenate([slice_labels[i] for i in idx]).astype(bool)
     bins = np.concatenate([np.arange(len(slice_labels[i])) * n_bins // len(slice_labels[i]) for i in idx])
@@ -297,13 +300,17 @@ def matched_negatives(slice_labels: list[np.ndarray], idx, rng: np.random.Genera
     occupied = np.unique(bins[pos])
     per_bin = int(round(len(pos) / len(occupied)))
     unmatched = [rng.choice(pool[b], per_bin) for b in sorted(pool) if b not in occupied and len(pool[b])]
-    return rng.permutation(np.concatenate([pos, drawn, *unmatched]).astype(np.int64))
+    rows = np.concatenate([pos, drawn, *unmatched]).astype(np.int64)
+    matched = np.zeros(len(rows), dtype=bool)
+    matched[len(pos):2 * len(pos)] = True
+    order = rng.permutation(len(rows))
+    return (rows[order], matched[order]) if with_matched else rows[order]
 
 
 def slice_epoch(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, twins=(),
                 twin_share: float = 0.0) -> np.ndarray:
     """One epoch's slices as rows ``(exam, slice, from_twin)``: :func:`matched_negatives`,
-    then each of the first ``n_positive`` negatives, with probability ``twin_share``, replaced by a positive slice's
+    then each position-matched negative, with probability ``twin_share``, replaced by a positive slice's
     own lesion-free twin slice (same exam and slice, ``from_twin`` 1), for exams in
     ``twins``. A twin differs from its exam only by the lesion, so such a pair teaches
     the lesion and nothing else; position-matched negatives keep the logit comparable
@@ -313,13 +320,13 @@ def slice_epoch(slice_labels: list[np.ndarray], idx, rng: np.random.Generator, t
         int64 ``(len(matched_negatives(...)), 3)``.
     """
     flat = np.array([(i, s) for i in idx for s in range(len(slice_labels[i]))], dtype=np.int64)
-    order = matched_negatives(slice_labels, idx, rng)
+    order, matched = matched_negatives(slice_labels, idx, rng, with_matched=True)
     rows = np.zeros((len(order), 3), dtype=np.int64)
     rows[:, :2] = flat[order]
     if twin_share <= 0 or not len(twins):
         return rows
     positive = np.array([slice_labels[i][k] for i, k in rows[:, :2]], dtype=bool)
-    pos, neg = rows[positive], np.flatnonzero(~positive)[:int(positive.sum())]
+    pos, neg = rows[positive], np.flatnonzero(matched)  # the negatives of lesion-free positions stay
     swap = (rng.random(len(pos)) < twin_share) & np.isin(pos[:, 0], list(twins))
     rows[neg[swap], :2] = pos[swap, :2]
     rows[neg[swap], 2] = 1

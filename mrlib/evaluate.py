@@ -135,7 +135,7 @@ def runs_named(key: str, runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str,
 
 def first_seeds(runs: Sequence[Mapping[str, Any]], variants: Iterable[str] | None = None) -> set[tuple[str, int]]:
     """``{(variant, seed)}``: the first trained seed of each variant (of ``variants``, each
-    as :func:`names_run` reads it; None: all)."""
+    as :func:`runs_named` reads it; None: all)."""
     wanted = None if variants is None else [r for v in variants for r in runs_named(v, runs)]
     out: dict[str, int] = {}
     for r in runs:

@@ -146,10 +146,12 @@ def flat_parameters(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def declaration(preset: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """What ``parameters`` (one flat dict) declare for chapter 6 (:data:`mrlib.presets.DECLARED`),
-    with ``declared_in`` naming the preset (and what its tests are worth, where the preset
-    says: ``study``'s cohort is the pilot that chose ``default``'s strength)."""
-    where = " ".join(filter(None, [f"preset {preset}", get_preset(preset).get("declared_note", "")]))
-    return {**{k: parameters[k] for k in DECLARED if k in parameters}, "declared_in": where}
+    with ``declared_in`` naming the preset and the cohort seed (a confirmatory test on
+    another cohort than the declared one is refused), and what its tests are worth where
+    the preset says (``study``'s cohort is the pilot that chose ``default``'s strength)."""
+    where = f"preset {preset}" + (f", cohort seed {parameters['seed']}" if "seed" in parameters else "")
+    note = get_preset(preset).get("declared_note", "")
+    return {**{k: parameters[k] for k in DECLARED if k in parameters}, "declared_in": f"{where}: {note}" if note else where}
 
 
 def declared_comparisons(rd: RunDir, current: dict[str, Any], preset: str) -> tuple[dict[str, Any] | None, list[str]]:

@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the dose-response (the oracle and the matched Grad-CAM arm at alpha 4, 16, 50 and 150),
     # the kneeMRI Grad-CAM arm, fastMRI's L1 loss, and every CAM method in chapter 4.
     "study": {"synth": _DEFAULT_SYNTH, "declared_note": (
-        "on the pilot cohort (seed 0), where `default`'s strength was chosen: these tests are exploratory, "
+        "the pilot cohort, where `default`'s strength was chosen: these tests are exploratory, "
         "`default` repeats them on a fresh cohort"), "params": {
         **_DEFAULT_PARAMS, "seed": 0,
         "methods": ["gradcam", "gradcam++", "hirescam", "layercam"],

@@ -182,8 +182,8 @@ def sizing_sentence(entry: Mapping[str, Any]) -> str:
     fits = sorted((r for r in rows if r["mde"] <= diff), key=lambda r: (r["n_seeds"] * r["n_volumes"], r["n_seeds"]))
     if not fits:
         big = max(rows, key=lambda r: r["n_seeds"] * r["n_volumes"])
-        return (f"{head} would need more than {big['n_seeds']} seeds × {big['n_volumes']} lesion volumes "
-                f"(minimal detectable effect there {_fmt(big['mde'], 2)} dB).")
+        return (f"{head} is out of reach of every projected design, up to {big['n_seeds']} seeds × "
+                f"{big['n_volumes']} lesion volumes (minimal detectable effect there {_fmt(big['mde'], 2)} dB).")
     r = fits[0]
     return (f"{head} would need about {r['n_seeds']} seeds × {r['n_volumes']} lesion volumes "
             f"(minimal detectable effect {_fmt(r['mde'], 2)} dB).")

@@ -294,7 +294,8 @@ def sizing(d: np.ndarray, se: float, seeds: Sequence[int] = (3, 5, 8, 12),
     ``sqrt(var_seed / S + var_volume / V + var_residual / (S V))``
     (:func:`variance_components`). The projection keeps the run's own bootstrap ``se``
     and scales it by that formula's ratio between the design ``(S, V)`` and the run's, then
-    takes :func:`mde` at ``V``.
+    takes :func:`mde` at ``V``. That ``mde`` uses ``V - 1`` degrees of freedom; where the seed
+    variance dominates, fewer stand behind it, so the projection is optimistic for few seeds.
 
     Args:
         d: the run's ``(n_seeds, n_volumes)`` differences; se: their two-way bootstrap SE.
@@ -314,7 +315,7 @@ def sizing(d: np.ndarray, se: float, seeds: Sequence[int] = (3, 5, 8, 12),
     for n_s in seeds:
         for f in volume_factors:
             n_v = int(round(f * d.shape[1]))
-            s = se * np.sqrt(model_var(n_s, n_v) / base) if base > 0 else float("nan")
+            s = se * np.sqrt(model_var(n_s, n_v) / base) if base > 0 else se  # no variance: nothing to scale
             rows.append(dict(n_seeds=int(n_s), n_volumes=n_v, se=float(s), mde=mde(s, n_v)))
     return pd.DataFrame(rows, columns=["n_seeds", "n_volumes", "se", "mde"])
 

@@ -274,6 +274,10 @@ def test_slice_epoch_pairs_a_share_of_positives_with_their_own_twin_slice():
     # negatives of the two bins without a lesion (one each) stay as they are
     rows = slice_epoch(labels, idx, np.random.default_rng(3), twins={0: None, 1: None, 3: None}, twin_share=1.0)
     assert y(rows).sum() == 4 and rows[:, 2].sum() == 4 and len(rows) == 10
+    assert sorted(r[1] for r in rows if r[1] >= 4) == [4, 5] and not rows[rows[:, 1] >= 4, 2].any()
+    for k in range(50):  # never a twin in place of a lesion-free position's negative, at any share
+        rows = slice_epoch(labels, idx, np.random.default_rng(k), twins={0: None, 1: None, 3: None}, twin_share=1.0)
+        assert len(rows[rows[:, 1] >= 4]) == 2 and rows[:, 2].sum() == 4
     positives = sorted(map(tuple, rows[y(rows) == 1][:, :2]))
     assert sorted(map(tuple, rows[rows[:, 2] == 1][:, :2])) == positives
     # only exams with a twin are paired; half the share pairs some and leaves the rest matched

@@ -83,6 +83,8 @@ def test_sizing_keeps_the_runs_own_se_and_shrinks_it_by_the_crossed_formula():
     # variance only between seeds: more volumes buy nothing, more seeds buy sqrt(3 / 6)
     seeds_only = stats.sizing(rng.normal(size=(3, 1)) + np.zeros((3, 12)), se=0.1, seeds=(3, 6), volume_factors=(1, 2))
     assert list(seeds_only.se.round(12)) == [0.1, 0.1, round(0.1 * np.sqrt(0.5), 12), round(0.1 * np.sqrt(0.5), 12)]
+    # no variance at all: the run's SE stands for every design, and nothing is NaN
+    assert (stats.sizing(np.full((3, 12), 0.2), se=0.0).se == 0).all()
 
 
 def test_the_answer_names_the_design_a_failed_control_would_need():
@@ -94,7 +96,7 @@ def test_the_answer_names_the_design_a_failed_control_would_need():
     entry = dict(diff=0.3, sizing=rows, variance_components={"residual": 0.16, "seed": 0.01, "volume": 0.16})
     text = report.sizing_sentence(entry)
     assert "about 8 seeds × 19 lesion volumes" in text and "seed 0.10, volume 0.40, residual 0.40" in text
-    assert "more than 12 seeds × 76" in report.sizing_sentence({**entry, "diff": 0.1})
+    assert "out of reach of every projected design, up to 12 seeds × 76" in report.sizing_sentence({**entry, "diff": 0.1})
     assert report.sizing_sentence({**entry, "diff": -0.2}) == ""
 
 
@@ -223,7 +225,7 @@ def test_the_first_page_gets_the_runs_answer_or_says_why_not(tmp_path):
 
 
 def test_the_declaration_is_checked_against_the_preset(tmp_path):
-    from mrlib.pipeline import claim_run_dir, declared_comparisons, flat_parameters, preset_parameters
+    from mrlib.pipeline import claim_run_dir, declaration, declared_comparisons, flat_parameters, preset_parameters
     from mrlib.rundir import RunDir
 
     params = flat_parameters(preset_parameters("default"))
@@ -233,7 +235,7 @@ def test_the_declaration_is_checked_against_the_preset(tmp_path):
     declared, problems = declared_comparisons(rd, current, "default")
     assert problems == [] and declared["positive_control"] == "oracle[alpha=16]"
     assert declared["primary"] == "gradcam[alpha=16,weight_rule=matched,cam_method=layercam]" and declared["acceleration"] == 8
-    assert declared["declared_in"] == "preset default"
+    assert declared["declared_in"] == "preset default, cohort seed 1"
     # chapter 6 asked for another acceleration than the run declared: refused, and said why
     declared, problems = declared_comparisons(rd, {**current, "primary_acceleration": 4}, "default")
     assert declared is None and "primary_acceleration" in problems[0]
@@ -242,3 +244,10 @@ def test_the_declaration_is_checked_against_the_preset(tmp_path):
     claim_run_dir(other, "default", {**params, "alpha": 50.0}, ["01_data"])
     declared, problems = declared_comparisons(other, current, "default")
     assert declared is None and any("alpha" in p and "50.0" in p for p in problems)
+    # a run on another cohort than the declared one (seed 0 is the pilot that chose alpha)
+    pilot = RunDir(tmp_path / "pilot")
+    claim_run_dir(pilot, "default", {**params, "seed": 0}, ["01_data"])
+    declared, problems = declared_comparisons(pilot, current, "default")
+    assert declared is None and any("cohort seed 0" in p for p in problems)
+    study = flat_parameters(preset_parameters("study"))
+    assert declaration("study", study)["declared_in"].startswith("preset study, cohort seed 0: the pilot cohort")
