@@ -14,7 +14,7 @@ def test_new_directory_is_stamped(tmp_path):
     rd = RunDir(tmp_path / "run")
     stamp = claim_run_dir(rd, "smoke", {"seed": 0, "alpha": 50.0, "primary": "gradcam"}, ["01_data"])
     assert stamp == {"preset": "smoke", "data": "", "parameters": {"seed": 0, "alpha": 50.0, "primary": "gradcam"},
-                     "declared": {"alpha": 50.0, "primary": "gradcam", "declared_in": "preset smoke"}, "finished": []}
+                     "declared": {"alpha": 50.0, "primary": "gradcam", "declared_in": "preset smoke, cohort seed 0"}, "finished": []}
     assert rd.stamp == tmp_path / "run" / "run.json"  # the layout the README documents
     assert json.loads(rd.stamp.read_text()) == stamp == rd.read_stamp()
 
