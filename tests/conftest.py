@@ -55,12 +55,14 @@ class SmokeRun:
 
 @pytest.fixture(scope="session")
 def smoke_pair(tmp_path_factory) -> tuple[SmokeRun, SmokeRun]:
-    """Two ``mrlib book --preset smoke`` runs started at the same time into two run
-    directories: the full smoke chain with its book, made once per session and shared."""
+    """Two ``mrlib book`` runs started at the same time into two run directories: ``a`` the
+    full smoke chain, ``b`` the shrunk one (:data:`SHRUNK`, the uninterrupted reference of
+    the killed-run test), each with its book; made once per session and shared."""
     base = tmp_path_factory.getbasetemp() / "smoke_pair"
     base.mkdir(exist_ok=True)
-    procs = {name: cli("book", "--preset", "smoke", "--run-dir", str(base / name), background=True)
-             for name in ("a", "b")}
+    args = {"a": ["book", "--preset", "smoke", "--run-dir", str(base / "a")],
+            "b": [a for a in shrunk_run_args(base / "b", command="book") if a != "--quiet"]}
+    procs = {name: cli(*cmd, background=True) for name, cmd in args.items()}
     logs = {}
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=1800)
@@ -77,13 +79,9 @@ def smoke_run(smoke_pair) -> SmokeRun:
 
 
 @pytest.fixture(scope="session")
-def reference_run(tmp_path_factory) -> Path:
-    """The uninterrupted shrunk smoke run, made once per session and shared."""
-    run_dir = tmp_path_factory.getbasetemp() / "shrunk_reference" / "run"
-    if not finished(run_dir):
-        proc = cli(*shrunk_run_args(run_dir))
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return run_dir
+def reference_run(smoke_pair) -> Path:
+    """The uninterrupted shrunk smoke run (``smoke_pair``'s ``b``)."""
+    return smoke_pair[1].path
 
 
 @pytest.fixture(scope="session")

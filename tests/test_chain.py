@@ -1,6 +1,7 @@
-"""The whole chain, as a user runs it: two ``mrlib book --preset smoke`` runs at the same
-time into two run directories (the shared ``smoke_pair``), then what each wrote, what the
-console showed, what the books hold, and that the two runs agree to the last digit."""
+"""The whole chain, as a user runs it: two ``mrlib book`` runs (the full and the shrunk
+smoke chain) at the same time into two run directories (the shared ``smoke_pair``), then
+what each wrote, what the console showed, what the books hold, and that a comparison of
+runs sees the last digit."""
 
 from __future__ import annotations
 
@@ -114,15 +115,17 @@ def test_the_injected_parameters_are_the_preset_and_relative_paths(smoke_run):
         assert 'run_dir = "a"' in injected and str(smoke_run.path.parent) not in injected, injected
 
 
-def test_two_runs_with_the_same_seed_agree(smoke_pair, tmp_path):
-    first, second = smoke_pair
-    assert compare_runs(first.path, second.path) == []
-    # the comparison would have seen a change in the last digit of a metric
+def test_the_comparison_sees_the_last_digit_of_a_metric(smoke_run, tmp_path):
+    """Two runs with the same seed agree: the killed-run test of test_faults.py compares a
+    resumed run with ``smoke_pair``'s uninterrupted ``b``, and book/reproduce.md's papermill
+    recipe (run by test_docs.py) compares its chain with ``a``. Here: the comparison sees a
+    change in a metric's last digit, in the file that holds it."""
     copy = tmp_path / "copy"
-    subprocess.run(["cp", "-r", str(second.path), str(copy)], check=True)
+    subprocess.run(["cp", "-r", str(smoke_run.path), str(copy)], check=True)
+    assert compare_runs(smoke_run.path, copy) == []
     csv_path = RunDir(copy).metrics_csv
     lines = csv_path.read_text().splitlines()
     cells = lines[1].split(",")
     cells[4] = repr(float(cells[4]) * (1 + 1e-15) if float(cells[4]) else 1e-300)  # nmse
     csv_path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
-    assert [d.split(":")[0] for d in compare_runs(first.path, copy)] == ["evaluation/metrics.csv"]
+    assert [d.split(":")[0] for d in compare_runs(smoke_run.path, copy)] == ["evaluation/metrics.csv"]
