@@ -460,6 +460,20 @@ def feature_auc(labels, scores) -> dict[str, Any]:
             "baseline_n": int(len(labels)), "baseline_n_positive": int(labels.sum())}
 
 
+def feature_auc_by_group(labels, scores, groups) -> dict[str, dict[str, Any]]:
+    """:func:`feature_auc` within each group (positives ranked only against negatives of
+    their own group): ``{group: {auc, auc_ci, n}}``, n the group's positives; a group
+    without both classes gets NaN."""
+    labels, scores, groups = np.asarray(labels, int), np.asarray(scores, np.float64), np.asarray(groups)
+    out = {}
+    for group in sorted(set(groups.tolist())):
+        y, x = labels[groups == group], scores[groups == group]
+        one = feature_auc(y, x) if 0 < y.sum() < len(y) else {"baseline_auc": float("nan"),
+                                                              "baseline_auc_ci": [float("nan")] * 2}
+        out[str(group)] = {"auc": one["baseline_auc"], "auc_ci": one["baseline_auc_ci"], "n": int(y.sum())}
+    return out
+
+
 def kneemri_baseline(manifest: dict, task: str = "acl") -> dict[str, Any]:
     """The kneeMRI one-feature baseline over every exam of the cohort: :func:`box_feature`
     of the metadata's ACL box, averaged over the slices it spans, against the task's label."""
@@ -484,11 +498,17 @@ def twin_baseline(manifest: dict, twin_paths: dict, boxes) -> dict[str, Any]:
     lesion-free twin, :func:`box_feature` in the box on the lesion image (a positive) and
     in the same box on the twin (a negative). The feature is negated for a lesion kind that
     darkens its box in the volume's acquisition (:data:`DARKENING`), as a reader expects
-    it to. ``{}`` without twins (real data)."""
+    it to. ``{}`` without twins (real data).
+
+    Beside the AUC over all boxes, ``baseline_by_acquisition`` holds the same AUC within
+    each acquisition (``{acquisition: {auc, auc_ci, n}}``, n boxes): the feature's scale
+    differs between PD and PDFS (fat suppression lowers the median foreground it is divided
+    by), so pooled boxes compare a PD lesion with a PDFS twin, and within one acquisition
+    the lesions can be more conspicuous than the pooled AUC says."""
     if not twin_paths:
         return {}
     paths, acquisition = file_index(manifest), acquisitions(manifest)
-    scores, labels = [], []
+    scores, labels, groups = [], [], []
     for stem, twin_path in sorted(twin_paths.items()):
         _, target, _ = fastmri_h5.read_volume(paths[stem])
         twin = twins.read_twin(twin_path).twin
@@ -497,9 +517,10 @@ def twin_baseline(manifest: dict, twin_paths: dict, boxes) -> dict[str, Any]:
             sign = -1.0 if (row.label, acquisition.get(stem)) in DARKENING else 1.0
             scores += [sign * box_feature(target[row.slice], box), sign * box_feature(twin[row.slice], box)]
             labels += [1, 0]
-    return {**feature_auc(labels, scores), "baseline": "mean intensity in a lesion box / median foreground (negated "
-                                                       "where the lesion kind darkens the box), lesion image against "
-                                                       "its lesion-free twin"}
+            groups += [str(acquisition.get(stem, ""))] * 2
+    return {**feature_auc(labels, scores), "baseline_by_acquisition": feature_auc_by_group(labels, scores, groups),
+            "baseline": "mean intensity in a lesion box / median foreground (negated where the lesion kind darkens "
+                        "the box), lesion image against its lesion-free twin"}
 
 
 # --------------------------------------------------------------------------- exam sources

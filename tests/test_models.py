@@ -111,6 +111,23 @@ def test_score_auc_interval_stays_wider_than_a_point_at_perfect_separation():
     assert lo == pytest.approx(1 - score_auc_ci(y, s)[1], abs=1e-6)
 
 
+def test_the_feature_auc_within_each_group_ranks_only_against_its_own_negatives():
+    """Two acquisitions whose feature scales differ tenfold: within each, every lesion is
+    above its twin; pooled, the PD lesions fall below the PDFS twins."""
+    pd_pos, pd_neg = [0.30, 0.32, 0.34], [0.20, 0.22, 0.24]
+    fs_pos, fs_neg = [3.0, 3.2, 3.4], [2.0, 2.2, 2.4]
+    labels = [1, 1, 1, 0, 0, 0] * 2
+    scores = pd_pos + pd_neg + fs_pos + fs_neg
+    groups = ["PD"] * 6 + ["PDFS"] * 6
+    pooled = classifier.feature_auc(labels, scores)["baseline_auc"]
+    within = classifier.feature_auc_by_group(labels, scores, groups)
+    assert pooled == pytest.approx(0.75)  # the 9 PD-lesion / PDFS-twin pairs are all wrong
+    assert set(within) == {"PD", "PDFS"} and all(w["auc"] == 1.0 and w["n"] == 3 for w in within.values())
+    assert all(w["auc_ci"][0] < 1.0 for w in within.values())  # an interval, not a point
+    one_class = classifier.feature_auc_by_group([1, 1, 0], [1.0, 2.0, 0.5], ["a", "a", "b"])
+    assert np.isnan(one_class["a"]["auc"]) and one_class["a"]["n"] == 2
+
+
 def test_stratified_split_keeps_both_labels_everywhere():
     labels = np.array([0] * 20 + [1] * 10)
     splits = classifier.stratified_split(labels, seed=1)
