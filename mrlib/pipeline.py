@@ -398,8 +398,9 @@ def _kernel_manager_class() -> str:
 # --------------------------------------------------------------------------- the book
 
 def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
-    """Copy the project's pages, ``_config.yml`` and ``_toc.yml`` beside the run's executed
-    notebooks, under :attr:`RunDir.book`; return that directory."""
+    """Copy the project's pages and their bibliography (``book/*.md``, ``book/*.bib``),
+    ``_config.yml`` and ``_toc.yml`` beside the run's executed notebooks, under
+    :attr:`RunDir.book`; return that directory."""
     root = root or project_root()
     book = rd.book
     book.mkdir(parents=True, exist_ok=True)
@@ -407,7 +408,7 @@ def prepare_book(rd: RunDir, root: Path | None = None) -> Path:
         shutil.copy2(root / name, book / name)
     pages = book / "book"
     pages.mkdir(parents=True, exist_ok=True)
-    for page in sorted((root / "book").glob("*.md")):
+    for page in sorted([*(root / "book").glob("*.md"), *(root / "book").glob("*.bib")]):
         shutil.copy2(page, pages / page.name)
     missing = [nb for nb in NOTEBOOKS if not rd.executed(nb).is_file()]
     if missing:
