@@ -93,7 +93,8 @@ class UnetConfig(_Config):
     alpha: float = _f(4.0, "up-weighting strength of the weighted variants")
     threshold: float = _f(0.5, "heatmap threshold of the threshold rule")
     cam_method: str = _f("gradcam", "which chapter-4 map weights the gradcam variant")
-    roi_source: str = _f("fastmri", "whose chapter-4 maps weight the gradcam variant: fastmri (in-domain), kneemri or mrnet")
+    roi_source: str = _f("fastmri", "whose chapter-4 maps weight the gradcam variant: fastmri (in-domain), kneemri or mrnet; "
+                                    "or file:PATH, your own map file (book/reproduce.md)")
     gate: bool = _f(False, "gradcam variant: no up-weighting on a slice the in-domain classifier calls healthy "
                            "(probability below its Youden threshold tau)")
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, mps", identity=False)

@@ -396,10 +396,13 @@ class RunDir:
 
 
 def _variant_dir(key: str) -> str:
+    """A variant key as one directory name: ``%`` and ``/`` (a user map file's path, as in
+    ``gradcam[roi_source=file:/data/maps.h5]``) are percent-encoded, so distinct keys keep
+    distinct directories and every other key is its own name."""
     key = str(key)
-    if not key or "/" in key or key in (".", ".."):
+    if not key or key in (".", ".."):
         raise ParameterError("variant", f"{key!r} cannot name a run directory")
-    return key
+    return key.replace("%", "%25").replace("/", "%2F")
 
 
 def relative_path(path: Path, base: Path) -> str:

@@ -53,6 +53,12 @@ class SliceSet(Protocol):
     def __len__(self) -> int: ...
 
 
+#: ``roi_source`` prefix of a user's own map file: ``gradcam[roi_source=file:/data/maps.h5]``
+#: weights with that file's maps (one per slice, as chapter 4's heatmaps.h5), checked
+#: against each volume of the banks when the weights are made, before any training step.
+USER_MAPS = "file:"
+
+
 @dataclass(frozen=True)
 class WeightContext:
     """What the run offers a variant to build weights from.
@@ -68,7 +74,14 @@ class WeightContext:
     seed: int = 0
 
     def heatmap_file(self, source: str) -> Path:
-        """The heatmap file of ``source`` for this run's seed."""
+        """The heatmap file of ``source`` for this run's seed; for ``file:PATH`` (a user's own
+        map file, :data:`USER_MAPS`) that file, whatever the seed."""
+        if str(source).startswith(USER_MAPS):
+            path = Path(str(source)[len(USER_MAPS):]).expanduser()
+            if not path.is_file():
+                raise DataError(path, f"roi_source={source}: no such map file (its layout: chapter 4's heatmap-file contract "
+                                      "in book/reproduce.md, 'Your own ROI maps')")
+            return path
         files = (self.heatmaps or {}).get(source)
         if not files:
             have = ", ".join(self.heatmaps or {}) or "none"
@@ -175,6 +188,10 @@ class GradCAM(LossVariant):
         for i, (stem, s) in enumerate(zip(bank.files, bank.slice_nums)):
             if stem not in cache:
                 cache[stem] = gate_maps(*read_heatmaps(path, v["cam_method"], stem, shape=bank.crop), tau)
+                low, high = float(cache[stem].min(initial=0.0)), float(cache[stem].max(initial=0.0))
+                if low < -1e-6 or high > 1 + 1e-6:
+                    raise DataError(path, f"{v['cam_method']}/{stem}: maps must lie in [0, 1], found {low:.3g} to "
+                                          f"{high:.3g}")
             if s >= cache[stem].shape[0]:
                 raise DataError(path, f"has {cache[stem].shape[0]} slices of {stem}; slice {s} is needed")
             out[i] = cache[stem][s]

@@ -103,9 +103,13 @@ def test_unet_runs_are_named_by_variant_key_and_seed(tmp_path):
     ckpts = rd.unet_run("oracle[alpha=50]", 2)
     assert ckpts.path == tmp_path / RunDir.UNET / "oracle[alpha=50]" / "seed2"
     assert ckpts.best == ckpts.path / CheckpointDir.BEST and ckpts.last == ckpts.path / CheckpointDir.LAST
-    for bad in ("", "a/b", "..", "."):
+    for bad in ("", "..", "."):
         with pytest.raises(ParameterError, match="cannot name a run directory"):
             rd.unet_run(bad, 0)
+    # a user map file's path stays inside one directory name, and distinct keys stay distinct
+    mine = rd.unet_run("gradcam[roi_source=file:/data/maps.h5]", 0).path
+    assert mine.parent.parent == tmp_path / RunDir.UNET and mine.parent.name == "gradcam[roi_source=file:%2Fdata%2Fmaps.h5]"
+    assert rd.unet_run("a%2Fb", 0).path != rd.unet_run("a/b", 0).path
 
 
 def test_result_files_leave_out_the_stamp_the_book_and_temporaries(tmp_path):

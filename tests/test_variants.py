@@ -15,7 +15,7 @@ import torch
 from mrlib import classifier, variants
 from mrlib.config import UnetConfig
 from mrlib.data.boxes import Box, boxes_mask, crop_around
-from mrlib.errors import ParameterError
+from mrlib.errors import DataError, ParameterError
 from mrlib.masking import MaskSpec
 from mrlib.recon import load_bank
 from mrlib.rundir import RunDir
@@ -182,6 +182,69 @@ def test_shuffled_keeps_the_weights_and_moves_every_map_to_another_volume(monkey
     with pytest.warns(UserWarning, match="2 of them keep a map of their own volume"):  # 3 of 4 in one volume
         perm = variants.cross_volume_derangement(["a", "a", "a", "b"], [0, 0, 0, 0], np.random.default_rng(0))
     assert sorted(perm) == [0, 1, 2, 3]
+
+
+def write_user_maps(path, volumes: dict, method: str = "mine") -> None:
+    """A map file as a user writes it, following the heatmaps.h5 contract of
+    book/reproduce.md with h5py alone: ``volumes`` is ``{stem: maps (S, H, W) in [0, 1]}``."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["methods"] = json.dumps([method])
+        f.attrs["image_shapes"] = json.dumps({stem: list(m.shape) for stem, m in volumes.items()})
+        for stem, maps in volumes.items():
+            f.create_dataset(f"{method}/{stem}/maps", data=np.asarray(maps, np.float32))
+            f.create_dataset(f"{method}/{stem}/scores", data=np.zeros(len(maps), np.float32))
+
+
+def test_a_users_own_map_file_weights_the_slices_and_a_mismatched_one_is_refused(tmp_path):
+    maps = {"file1": np.zeros((2, 16, 20), np.float32), "file2": np.zeros((1, 16, 20), np.float32)}
+    maps["file1"][1, 3:8, 2:6] = 1.0  # the user's ROI: slice 1 of file1
+    path = tmp_path / "my maps.h5"
+    write_user_maps(path, maps)
+    key = f"gradcam[roi_source=file:{path},cam_method=mine,alpha=3,weight_rule=threshold]"
+    w = make_variant(key).weights(_Bank(), WeightContext(seed=5))
+    assert torch.all(w[[0, 2]] == 1) and torch.all(w[1, 3:8, 2:6] == 4) and w[1].sum() == 16 * 20 + 3 * 4 * 5
+    assert torch.equal(w, make_variant(key).weights(_Bank(), WeightContext(seed=0)))  # one file for every seed
+
+    def refused(volumes, match, name="bad.h5"):
+        bad = tmp_path / name
+        write_user_maps(bad, volumes)
+        with pytest.raises(DataError, match=match) as err:
+            make_variant(f"gradcam[roi_source=file:{bad},cam_method=mine]").weights(_Bank(), WeightContext())
+        assert str(bad) in str(err.value)
+
+    refused({"file1": maps["file1"]}, "holds no mine heatmaps for 'file2'", "missing.h5")
+    refused({**maps, "file1": np.zeros((2, 16, 21), np.float32)}, r"file1 maps are \(16, 21\) but the images are "
+            r"\(16, 20\)", "shape.h5")
+    refused({**maps, "file1": np.zeros((1, 16, 20), np.float32)}, "has 1 slices of file1; slice 1 is needed", "slices.h5")
+    refused({**maps, "file2": np.full((1, 16, 20), 255.0, np.float32)}, r"mine/file2: maps must lie in \[0, 1\]",
+            "range.h5")
+    with pytest.raises(DataError, match="no such map file"):
+        make_variant(f"gradcam[roi_source=file:{tmp_path / 'none.h5'}]").weights(_Bank(), WeightContext())
+
+
+def test_a_users_map_file_trains_a_unet_through_notebook_05s_function(synth_data, tmp_path):
+    splits = {s: sorted((synth_data / "fastmri" / f"singlecoil_{s}").glob("*.h5")) for s in ("train", "val")}
+    banks = {"train": load_bank(splits["train"], "cpu"), "selection": load_bank(splits["val"], "cpu")}
+    h, w = banks["train"].crop
+    volumes = {}
+    for bank in banks.values():
+        for stem, idx in bank.volumes.items():
+            volumes[stem] = np.zeros((len(idx), h, w), np.float32)
+            volumes[stem][:, h // 4: h // 2, w // 4: w // 2] = 1.0
+    path = tmp_path / "maps.h5"
+    write_user_maps(path, volumes)
+    key = f"gradcam[roi_source=file:{path},cam_method=mine,weight_rule=threshold]"
+    run = RunDir(tmp_path / "run")
+    config, history = train_run(banks, MaskSpec(), UnetConfig(variant=key, unet_epochs=1, chans=4, pools=1), run,
+                                WeightContext(), progress=False)
+    key = make_variant(key).key  # the key in the class's parameter order
+    assert config["variant"] == key and config["roi_source"] == f"file:{path}"
+    assert [r["variant"] for r in run.read_registry()] == [key] and run.unet_run(key, 0).best.is_file()
+    assert history[0]["val_loss"] != pytest.approx(history[0]["val_mse"], rel=1e-6)  # the maps weighted the loss
 
 
 def test_matched_threshold_gives_the_true_boxes_area_and_weight_share_its_formula():
