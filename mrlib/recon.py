@@ -40,7 +40,7 @@ from fastmri.data.subsample import MaskFunc
 from .data import fastmri_h5
 from .errors import DataError, ParameterError
 from .masking import apply_masks, file_seed, make_masks, zero_filled
-from .runtime import use_bf16
+from .runtime import canonical_device, use_bf16
 
 EPS = 1e-11  # fastMRI's normalisation epsilon
 
@@ -211,7 +211,7 @@ class SliceBank:
                 ``pin_memory`` is set on CUDA: then it stays in pinned host memory and each
                 batch is copied to the device asynchronously.
         """
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self.paths = [Path(p) for p in paths]
         infos = _bank_infos(self.paths)
         crop = infos[0][2]
@@ -513,7 +513,7 @@ class StreamingBank:
 
     def __init__(self, paths: Sequence[str | Path], device: torch.device | str = "cpu",
                  cache_bytes: int = 256 << 20):
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self.paths = [Path(p) for p in paths]
         infos = _bank_infos(self.paths)
         self.crop = infos[0][2]

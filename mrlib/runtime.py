@@ -28,7 +28,7 @@ def pick_device(device: str = "auto") -> torch.device:
     """
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return canonical_device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -40,6 +40,17 @@ def pick_device(device: str = "auto") -> torch.device:
         raise ParameterError("device", f"{device!r} was asked for but this machine has no such CUDA device")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ParameterError("device", "'mps' was asked for but is not available here")
+    return canonical_device(dev)
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` as the tensors placed on it report it: ``cuda`` becomes ``cuda:N``, N the
+    current CUDA device. ``torch.device("cuda") != torch.device("cuda:0")``, so code that
+    asks ``tensor.device != device`` needs the indexed form (a bank on ``cuda`` otherwise
+    takes its own device-resident tensors for host ones)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -98,3 +98,17 @@ def test_reconstruct_returns_target_units_and_time(data):
     assert low.dtype == np.float32 and not np.array_equal(low, out)
     assert np.abs(low - out).max() < 0.05 * (np.abs(out).max() + 1e-12)
     np.testing.assert_allclose(zero_filled_volume(bank, stem, func), zf, rtol=1e-5, atol=1e-6 * float(zf.max()))
+
+
+def test_a_bank_on_unindexed_cuda_knows_its_tensors_are_on_the_device(data, monkeypatch):
+    # A bank built for "cuda" holds tensors that report "cuda:0"; compared with the bare
+    # "cuda" they looked like host tensors and were pinned, which CUDA refuses (found by
+    # the first benchmark on an H100). The bank keeps the indexed form of its device.
+    from mrlib.runtime import canonical_device
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert canonical_device("cuda") == torch.device("cuda:0") == canonical_device("cuda:0")
+    assert canonical_device("cuda:1") == torch.device("cuda:1")
+    assert canonical_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no CUDA on this machine
+    bank = SliceBank(fastmri_h5.list_volumes(data / "fastmri" / "singlecoil_train"), device="cuda")
+    assert bank.device == torch.device("cuda:0")
