@@ -21,6 +21,7 @@ longer match the target.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -96,10 +97,13 @@ def normalize_pair(image: torch.Tensor, target: torch.Tensor | None) -> UnetBatc
 def unet_inputs(
     masked_kspace: torch.Tensor, crop: tuple[int, int], target: torch.Tensor | None = None
 ) -> UnetBatch:
-    """``UnetDataTransform``'s arithmetic on a batch of already masked single-coil k-space.
+    """``UnetDataTransform``'s arithmetic on a batch of already masked k-space.
+
+    Multi-coil k-space gives the root-sum-of-squares of the cropped zero-filled coil
+    images, as fastMRI's multi-coil U-Net baseline takes it.
 
     Args:
-        masked_kspace: ``(B, rows, cols, 2)``.
+        masked_kspace: ``(B, rows, cols, 2)`` single-coil or ``(B, coils, rows, cols, 2)``.
         crop: ``(h, w)``, the target's size.
         target: ``(B, h, w)`` fully sampled targets, or ``None``.
     """
@@ -107,6 +111,8 @@ def unet_inputs(
     if cols < crop[1]:  # fastMRI's guard for images narrower than the target
         crop = (cols, cols)
     image = fastmri.complex_abs(T.complex_center_crop(fastmri.ifft2c(masked_kspace), crop))
+    if masked_kspace.ndim == 5:
+        image = fastmri.rss(image, dim=1)
     return normalize_pair(image, target)
 
 
@@ -152,22 +158,31 @@ def masked_unet_inputs(
     * ``sparse`` (default: on the CPU) transforms along the readout only the columns the
       mask keeps (a quarter at 4x, an eighth at 8x): a masked column stays zero.
 
+    Multi-coil k-space is transformed coil by coil (the coils folded into the batch, each
+    with its slice's mask) and combined by root-sum-of-squares, as :func:`unet_inputs`.
+
     Args:
-        kspace: fully sampled ``(B, rows, cols, 2)``; masks: ``(B, 1, cols, 1)``.
+        kspace: fully sampled ``(B, rows, cols, 2)`` or ``(B, coils, rows, cols, 2)``;
+            masks: ``(B, 1, cols, 1)``.
     """
-    B, rows, cols, _ = kspace.shape
+    B, rows, cols = kspace.shape[0], kspace.shape[-3], kspace.shape[-2]
     if cols < crop[1]:
         crop = (cols, cols)
-    h, w = crop
     if rows % 2 or cols % 2 or kspace.dtype != torch.float32:
         return unet_inputs(apply_masks(kspace, masks), crop, target)
     device = kspace.device
     sparse = device.type == "cpu" if sparse is None else sparse
     with data_threads(device):
-        return _masked_unet_inputs(kspace, masks, (h, w), target, sparse)
+        if kspace.ndim == 5:
+            coils = kspace.shape[1]
+            images = _masked_images(kspace.flatten(0, 1), masks.repeat_interleave(coils, dim=0), crop, sparse)
+            return normalize_pair(fastmri.rss(images.unflatten(0, (B, coils)), dim=1), target)
+        return normalize_pair(_masked_images(kspace, masks, crop, sparse), target)
 
 
-def _masked_unet_inputs(kspace, masks, crop, target, sparse) -> UnetBatch:
+def _masked_images(kspace, masks, crop, sparse) -> torch.Tensor:
+    """Magnitude images ``(B, h, w)`` of single-coil ``kspace`` ``(B, rows, cols, 2)`` under
+    ``masks``, by :func:`masked_unet_inputs`' cheaper arithmetic."""
     B, rows, cols, _ = kspace.shape
     h, w = crop
     device = kspace.device
@@ -186,17 +201,18 @@ def _masked_unet_inputs(kspace, masks, crop, target, sparse) -> UnetBatch:
     else:
         mod = kc * (row_sign[None, :, None] * (col_sign * m)[:, None, :])
         half = torch.fft.ifft(mod, dim=1, norm="ortho")[:, r0: r0 + h]
-    image = torch.fft.ifft(half, dim=2, norm="ortho")[:, :, c0: c0 + w].abs()
-    return normalize_pair(image, target)
+    return torch.fft.ifft(half, dim=2, norm="ortho")[:, :, c0: c0 + w].abs()
 
 
 class SliceBank:
-    """Every slice of a list of single-coil volumes, in memory (CPU or device).
+    """Every slice of a list of volumes, in memory (CPU or device).
 
     Attributes:
-        kspace_groups: one float32 tensor ``(n_g, rows_g, cols_g, 2)`` per k-space shape
-            ``shapes[g]`` (one group when every file has the same shape).
-        target: ``(N, h, w)`` float32 (``reconstruction_esc``); one size for all files.
+        kspace_groups: one float32 tensor ``(n_g, rows_g, cols_g, 2)`` (multi-coil:
+            ``(n_g, coils, rows_g, cols_g, 2)``) per k-space shape ``shapes[g]`` (one group
+            when every file has the same shape).
+        target: ``(N, h, w)`` float32 (``reconstruction_esc``, multi-coil
+            ``reconstruction_rss``); one size for all files.
         files: stem of each slice's volume, ``N`` strings; slice_nums: ``(N,)``.
         volumes: ``{stem: slice indices into the bank}``, in file order.
         max_value: ``{stem: the volume's attrs["max"]}``.
@@ -248,7 +264,7 @@ class SliceBank:
             return self._batch(idx, mask_func, seeds)
 
     def _fetch(self, g: int, idx: np.ndarray) -> torch.Tensor:
-        """k-space ``(len(idx), rows_g, cols_g, 2)`` of bank slices ``idx`` (all of shape group ``g``)."""
+        """k-space ``(len(idx), *shapes[g], 2)`` of bank slices ``idx`` (all of shape group ``g``)."""
         store = self.kspace_groups[g]
         kspace = store[torch.as_tensor(self._local[idx], device=store.device)]
         if kspace.device != self.device:  # pinned host bank: gather on the host, copy asynchronously
@@ -264,15 +280,15 @@ class SliceBank:
         return _identified(batch, self, idx)
 
     def kspace_of(self, idx: Sequence[int]) -> torch.Tensor:
-        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` of slices ``idx`` of one shape
-        (e.g. one volume), on ``self.device``."""
+        """Fully sampled k-space ``(len(idx), rows, cols, 2)`` (multi-coil ``(len(idx), coils,
+        rows, cols, 2)``) of slices ``idx`` of one shape (e.g. one volume), on ``self.device``."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         return self._fetch(_one_group(self._group, idx), idx).to(self.device)
 
 
 def _shape_groups(infos) -> tuple[list[tuple[int, int]], list[int]]:
-    """The distinct k-space shapes of ``infos`` (first-seen order) and each file's group."""
-    shapes: list[tuple[int, int]] = []
+    """The distinct per-slice k-space shapes of ``infos`` (first-seen order) and each file's group."""
+    shapes: list[tuple[int, ...]] = []
     group_of_file = []
     for _, shape, _ in infos:
         if shape not in shapes:
@@ -304,7 +320,7 @@ def _grouped_inputs(idx: np.ndarray, group: np.ndarray, fetch, crop: tuple[int, 
 
     Each shape group is masked and transformed at its native size and cropped to ``crop``;
     the cropped images are put back in ``idx``'s order. ``fetch(g, idx_g)`` returns the
-    k-space ``(len(idx_g), rows_g, cols_g, 2)`` of group ``g``'s slices on the device.
+    k-space ``(len(idx_g), *shapes[g], 2)`` of group ``g``'s slices on the device.
     """
     groups = group[idx]
     first = int(groups[0])
@@ -381,7 +397,8 @@ def reconstruct_kspace(
     already undersampled k-space and its stored mask.
 
     Args:
-        kspace: ``(S, rows, cols, 2)``; masks: ``(S, 1, cols, 1)``; crop: ``(h, w)``.
+        kspace: ``(S, rows, cols, 2)`` or ``(S, coils, rows, cols, 2)``; masks:
+            ``(S, 1, cols, 1)``; crop: ``(h, w)``.
 
     Returns:
         ``(recon (S, h, w), seconds)``, as :func:`reconstruct` (and ``precision`` too).
@@ -409,13 +426,15 @@ def zero_filled_volume(bank: "Bank", stem: str, mask_func: MaskFunc) -> np.ndarr
 SLAB_BYTES = 16 << 20
 
 
-def _bank_infos(paths: Sequence[Path]) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+def _bank_infos(paths: Sequence[Path]) -> list[tuple[int, tuple[int, ...], tuple[int, int]]]:
     """Validate the files' structure (not their values: those are checked as they are read).
 
-    Returns ``[(n_slices, (rows, cols), (h, w))]`` per file. k-space shapes may differ
-    between files; targets must share one size (fastMRI knee targets are all 320 x 320).
-    Raises :class:`DataError` for a file without target, multi-coil data, targets of
-    different sizes, or k-space narrower than the target when shapes are mixed.
+    Returns ``[(n_slices, slice shape, (h, w))]`` per file, the slice shape ``(rows, cols)``
+    or, multi-coil, ``(coils, rows, cols)``. k-space shapes may differ between files;
+    targets must share one size (fastMRI knee targets are all 320 x 320). Raises
+    :class:`DataError` for a file without target, single- and multi-coil files in one
+    split, targets of different sizes, or k-space narrower than the target when shapes
+    are mixed.
     """
     if not paths:
         raise DataError("split", "no volumes to load")
@@ -425,14 +444,14 @@ def _bank_infos(paths: Sequence[Path]) -> list[tuple[int, tuple[int, int], tuple
         if info.target_key is None:
             raise DataError(path, "has no target; the U-Net needs fully sampled targets to train and to be scored "
                                   "(a file without one is for inference only: split_policy=fastmri)")
-        if len(info.kspace_shape) != 3:
-            raise DataError(path, "is multi-coil; the U-Net chapters use single-coil data")
-        infos.append((info.n_slices, tuple(info.kspace_shape[1:3]), tuple(info.target_shape[-2:])))
+        if infos and len(info.kspace_shape) - 1 != len(infos[0][1]):
+            raise DataError(path, f"is {info.challenge} but {Path(paths[0]).name} of the same split is not")
+        infos.append((info.n_slices, tuple(info.kspace_shape[1:]), tuple(info.target_shape[-2:])))
     crops = sorted({i[2] for i in infos})
     if len(crops) > 1:
         raise DataError(Path(paths[0]).parent, f"targets of different sizes in one split: {crops}")
     if len({i[1] for i in infos}) > 1:
-        narrow = next((p for p, i in zip(paths, infos) if i[1][1] < i[2][1]), None)
+        narrow = next((p for p, i in zip(paths, infos) if i[1][-1] < i[2][1]), None)
         if narrow is not None:
             raise DataError(narrow, "k-space is narrower than its target, and the split mixes k-space widths")
     return infos
@@ -458,7 +477,7 @@ def _runs(slices: Sequence[int]) -> list[tuple[int, int, int]]:
 
 def read_slices(path: str | Path, slices: Sequence[int], kspace_out: torch.Tensor,
                 target_out: torch.Tensor | None = None) -> dict:
-    """Read slices of one single-coil volume straight into host tensors, chunk by chunk.
+    """Read slices of one volume straight into host tensors, chunk by chunk.
 
     Consecutive slices are read as slabs aligned to the dataset's HDF5 chunks (or of
     :data:`SLAB_BYTES` when it is contiguous) with ``read_direct``, so each byte is read
@@ -466,7 +485,8 @@ def read_slices(path: str | Path, slices: Sequence[int], kspace_out: torch.Tenso
 
     Args:
         slices: increasing slice numbers.
-        kspace_out: complex64 ``(len(slices), rows, cols)`` (e.g. ``view_as_complex`` of a bank).
+        kspace_out: complex64 ``(len(slices), rows, cols)``, multi-coil ``(len(slices), coils,
+            rows, cols)`` (e.g. ``view_as_complex`` of a bank).
         target_out: float32 ``(len(slices), h, w)`` or ``None``.
 
     Returns:
@@ -538,8 +558,8 @@ class StreamingBank:
             start = stop
         self.slice_nums = np.array(slice_nums)
         self._start = {stem: idx[0] for stem, idx in self.volumes.items()}
-        self._nbytes = sum(n * rows * cols * 8 for n, (rows, cols), _ in infos)
-        slice_bytes = max(rows * cols for rows, cols in self.shapes) * 8
+        self._nbytes = sum(n * math.prod(shape) * 8 for n, shape, _ in infos)
+        slice_bytes = max(math.prod(shape) for shape in self.shapes) * 8
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # bank index -> complex slice
         self._cache_slices = max(1, cache_bytes // slice_bytes)
         self.reads = 0  # slices read from disk (for tests and the benchmark)
@@ -553,7 +573,7 @@ class StreamingBank:
         return self._nbytes
 
     def _read(self, g: int, idx: Sequence[int]) -> torch.Tensor:
-        """Complex k-space ``(len(idx), rows_g, cols_g)`` of bank slices ``idx`` (all of shape
+        """Complex k-space ``(len(idx), *shapes[g])`` of bank slices ``idx`` (all of shape
         group ``g``) in a host buffer."""
         idx = [int(i) for i in idx]
         shape = self.shapes[g]
@@ -626,8 +646,8 @@ STORAGES = ("auto", "device", "host", "stream")
 def split_nbytes(paths: Sequence[str | Path]) -> int:
     """Bytes a :class:`SliceBank` of ``paths`` holds (k-space as float32 pairs plus targets)."""
     total = 0
-    for n, (rows, cols), (h, w) in _bank_infos([Path(p) for p in paths]):
-        total += n * (rows * cols * 8 + h * w * 4)
+    for n, shape, (h, w) in _bank_infos([Path(p) for p in paths]):
+        total += n * (math.prod(shape) * 8 + h * w * 4)
     return total
 
 

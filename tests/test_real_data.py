@@ -281,29 +281,43 @@ def test_figures_turn_the_radiological_way_up():
 
 # ----------------------------------------------------------------------------- the whole chain
 
-def test_whole_chain_on_the_real_layout_with_the_fastmri_preset(real, tmp_path):
+@pytest.fixture(scope="module")
+def real_multicoil(tmp_path_factory):
+    """The same cohort as :func:`real`, multi-coil (``multicoil_{train,val,test}``)."""
+    root = tmp_path_factory.mktemp("real_layout_mc")
+    synth.generate(root, CFG, seed=1, multicoil=True, progress=False, layout="real")
+    return root
+
+
+@pytest.mark.parametrize("challenge", ["singlecoil", "multicoil"])
+def test_whole_chain_on_the_real_layout_with_the_fastmri_preset(challenge, request, tmp_path):
     """``book --preset fastmri --data DATA`` on the real layout, with only epochs, seeds, sizes
     and the variant list overridden: every chapter runs, the book builds, chapter 6 scores
     the val split and reconstructs the test split, and fastMRI's own evaluation of the
-    written reconstructions equals ``metrics.csv``."""
+    written reconstructions equals ``metrics.csv``. Multi-coil (``-p challenge=multicoil``)
+    too: the U-Net's input is the root-sum-of-squares of the zero-filled coil images, the
+    target and the scores are against ``reconstruction_rss``."""
     import pandas as pd
 
     from mrlib.evaluate import score_saved
     from mrlib.rundir import RunDir
 
+    real = request.getfixturevalue("real" if challenge == "singlecoil" else "real_multicoil")
     run_dir = tmp_path / "run"
     overrides = ["mrnet_epochs=1", "unet_epochs=1", "seeds=[0]", "chans=4", "pools=2", "mrnet_input_size=64",
-                 "variants=['unweighted','gradcam','oracle']"]
-    out = cli("book", "--preset", "fastmri", "--data", str(real), "--run-dir", str(run_dir), "--quiet",
+                 "variants=['unweighted','gradcam','oracle']", f"challenge={challenge}"]
+    command = "book" if challenge == "singlecoil" else "run"  # the book's build is the same either way
+    out = cli(command, "--preset", "fastmri", "--data", str(real), "--run-dir", str(run_dir), "--quiet",
               *[a for p in overrides for a in ("-p", p)], timeout=1200)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     rd = RunDir(run_dir)
-    assert rd.book_html.is_file()
+    assert rd.book_html.is_file() == (command == "book")
     manifest = rd.read_manifest()
-    val = {p.stem for p in fastmri_h5.list_volumes(real / "fastmri" / "singlecoil_val")}
+    assert manifest["challenge"] == challenge
+    val = {p.stem for p in fastmri_h5.list_volumes(real / "fastmri" / f"{challenge}_val")}
     metrics = pd.read_csv(rd.metrics_csv)
     assert set(metrics.volume) == val  # metrics on val only
-    tests = fastmri_h5.list_volumes(real / "fastmri" / "singlecoil_test")
+    tests = fastmri_h5.list_volumes(real / "fastmri" / f"{challenge}_test")
     for variant in ("unweighted", "gradcam", "oracle"):  # every variant reconstructs the test split
         written = {f.name for v, _, _, folder in rd.reconstruction_folders("test") if v == variant
                    for f in folder.iterdir()}
@@ -317,6 +331,7 @@ def test_whole_chain_on_the_real_layout_with_the_fastmri_preset(real, tmp_path):
         with h5py.File(rd.reconstructions("test", "unweighted", 0, acc) / p.name) as hf:
             written = hf["reconstruction"][()]
         kspace = torch.view_as_real(torch.from_numpy(fastmri_h5.read_volume(p)[0]))
+        assert kspace.ndim == (5 if challenge == "multicoil" else 4)
         mask = torch.from_numpy(fastmri_h5.read_stored_mask(p)).float().reshape(1, 1, -1, 1)
         want, _ = reconstruct_kspace(model, kspace, mask.expand(kspace.shape[0], -1, -1, -1), (64, 64))
         np.testing.assert_allclose(written, want, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,8 @@ from mrlib.data import fastmri_h5, synth
 from mrlib.data.fastmri_h5 import read_volume
 from mrlib.masking import MaskSpec, file_seed
 from mrlib.models import SeedUnet
-from mrlib.recon import SliceBank, reconstruct, zero_filled_volume
+from mrlib.masking import make_masks
+from mrlib.recon import SliceBank, StreamingBank, masked_unet_inputs, reconstruct, zero_filled_volume
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,44 @@ def test_a_bank_on_unindexed_cuda_knows_its_tensors_are_on_the_device(data, monk
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no CUDA on this machine
     bank = SliceBank(fastmri_h5.list_volumes(data / "fastmri" / "singlecoil_train"), device="cuda")
     assert bank.device == torch.device("cuda:0")
+
+
+@pytest.fixture(scope="module")
+def multicoil(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_mc")
+    cfg = synth.SynthConfig(image_size=64, n_slices=3, n_train=2, n_val=1, n_test=1, n_coils=4,
+                            kneemri_exams=4, kneemri_slices=4, kneemri_size=64)
+    synth.generate(root, cfg, seed=3, multicoil=True, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_multicoil_batches_are_fastmris_multicoil_unet_transform(multicoil, sparse):
+    # The U-Net input of multi-coil data is the root-sum-of-squares of the zero-filled coil
+    # images (fastMRI's multi-coil U-Net baseline); one mask is shared by the coils.
+    split = multicoil / "fastmri" / "multicoil_train"
+    spec = MaskSpec("random", (4,), (0.08,))
+    ds = fastmri_h5.slice_dataset(split, challenge="multicoil",
+                                  transform=UnetDataTransform("multicoil", spec.mask_func(), use_seed=True))
+    for bank in (SliceBank(fastmri_h5.list_volumes(split)), StreamingBank(fastmri_h5.list_volumes(split))):
+        assert len(bank) == len(ds) == 6 and bank.kspace_of([0]).shape[1] == 4
+        seeds = [file_seed(f"{f}.h5") for f in bank.files]
+        kspace = torch.cat([bank.kspace_of([i]) for i in range(len(bank))])
+        got = masked_unet_inputs(kspace, make_masks(spec.mask_func(), kspace.shape, seeds), bank.crop,
+                                 bank.target, sparse=sparse)
+        via_bank = bank.batch(range(len(bank)), spec.mask_func(), seeds)
+        for i in range(len(ds)):
+            ref = ds[i]
+            j = [k for k in range(len(bank)) if (bank.files[k], bank.slice_nums[k]) == (ref.fname.removesuffix(".h5"), ref.slice_num)][0]
+            for b in (got, via_bank):
+                torch.testing.assert_close(b.image[j], ref.image, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(b.target[j], ref.target, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(b.mean[j], ref.mean, rtol=1e-5, atol=1e-9)
+
+
+def test_a_split_mixing_single_and_multicoil_files_is_refused(data, multicoil):
+    from mrlib.errors import DataError
+    paths = [*fastmri_h5.list_volumes(data / "fastmri" / "singlecoil_train"),
+             *fastmri_h5.list_volumes(multicoil / "fastmri" / "multicoil_train")]
+    with pytest.raises(DataError, match="is multicoil but"):
+        SliceBank(paths)
