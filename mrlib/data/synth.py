@@ -486,7 +486,7 @@ class MeniscalTear(LesionKind):
         c = spec.centre
         plane = np.abs((x - c[0]) * n[0] + (y - c[1]) * n[1] + (z - c[2]) * n[2])
         cleft = _soft(plane - spec.extra["thick"] / 2, edge)
-        return e_soft * region * cleft, np.full_like(x, s["fluid"])
+        return e_soft * region * cleft, np.full(e_soft.shape, s["fluid"], x.dtype)
 
 
 class ACLTear(LesionKind):
@@ -503,7 +503,7 @@ class ACLTear(LesionKind):
 
     def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
         region = _soft(sdf["acl"] - spec.extra.get("halo", 3.0), edge)
-        value = np.full_like(x, 0.9 * s["fluid"])
+        value = np.full(e_soft.shape, 0.9 * s["fluid"], x.dtype)
         if spec.extra.get("partial", False):
             core = _soft(sdf["acl"] + k["acl_r"] * 0.55, edge)
             value += (s["dark"] - value) * core
@@ -538,7 +538,7 @@ class BoneMarrowEdema(LesionKind):
             + 1.2 * np.sin(f[1] * x - f[2] * y + f[0] * z)
         ill = _soft(d, 4.0)  # ill-defined border
         marrow = _soft(sdf["bone"] + k["cortex"] + 0.5, edge)
-        return ill * marrow, np.full_like(x, s["edema"])
+        return ill * marrow, np.full(e_soft.shape, s["edema"], x.dtype)
 
 
 class CartilageDefect(LesionKind):
@@ -571,7 +571,7 @@ class CartilageDefect(LesionKind):
     def field(self, spec, k, x, y, z, sdf, s, edge, e_soft):
         d_c = sdf[spec.extra["surface"]]
         band = np.maximum(-d_c, d_c - (k["cart"] + 1.2))
-        return e_soft * _soft(band, edge), np.full_like(x, s["fluid"])
+        return e_soft * _soft(band, edge), np.full(e_soft.shape, s["fluid"], x.dtype)
 
 
 #: fastMRI+ label of each lesion kind.
@@ -648,13 +648,25 @@ def _model_coords(subj, u, v, w, view):
 
 
 def _grid(view, n_slices, rows, cols, pix, plane_pos):
-    """World coordinates (broadcastable) of a stack of planes."""
+    """World coordinates ``(u, v, w)`` of a stack of planes, each of size 1 along the axes it
+    does not vary on: rows ``(1, rows, 1)``, columns ``(1, 1, cols)``, planes ``(S, 1, 1)``.
+
+    Arithmetic on them broadcasts, so what depends on the in-plane position alone is
+    computed once per pixel, not once per pixel and slice; each value is the same number
+    that the full ``(S, rows, cols)`` grid gives (elementwise arithmetic does not depend on
+    the shape), so the generated files are the same byte for byte.
+    """
     r = ((rows / 2 - np.arange(rows) - 0.5) * pix).astype(np.float32)[None, :, None]  # y, up
     c = ((np.arange(cols) - cols / 2 + 0.5) * pix).astype(np.float32)[None, None, :]
     p = np.asarray(plane_pos, np.float32)[:, None, None]
     if view == "coronal":  # columns x (left -> right), planes z
-        return np.broadcast_arrays(c, r, p)
-    return np.broadcast_arrays(p, r, -c)  # sagittal: columns z, anterior on the left
+        return c, r, p
+    return p, r, -c  # sagittal: columns z, anterior on the left
+
+
+def _planes(a: np.ndarray, sl: slice) -> np.ndarray:
+    """The planes ``sl`` of a grid array that varies along them; as it is if it does not."""
+    return a[sl] if a.shape[0] > 1 else a
 
 
 def _render(subj, view, plane_pos, rows, cols, pix, rng, specs):
@@ -673,7 +685,7 @@ def _render(subj, view, plane_pos, rows, cols, pix, rng, specs):
     for s0 in range(0, shape[0], step):
         sl = slice(s0, min(shape[0], s0 + step))
         u, v, w = _grid(view, shape[0], rows, cols, pix, plane_pos)
-        x, y, z = _model_coords(subj, u[sl], v[sl], w[sl], view)
+        x, y, z = _model_coords(subj, _planes(u, sl), _planes(v, sl), _planes(w, sl), view)
         f = _render_anatomy(subj.knee, x, y, z, sig, edge, [t[sl] for t in tex])
         img[sl] = f.image
         for spec, (wf, vf) in zip(specs, fields):
@@ -986,6 +998,13 @@ def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool, job: 
                                twin=not (real and split == "test"))
 
 
+def _draw_exam(cfg: SynthConfig, seed: int, real: bool, i: int) -> tuple[np.ndarray, dict]:
+    """kneeMRI exam ``i`` from its own seed alone (as :func:`_draw_volume`); the real layout
+    varies the slice count from exam to exam."""
+    n_slices = cfg.kneemri_slices + (i % 3) - 1 if real and cfg.kneemri_slices > 1 else None
+    return make_kneemri_exam(cfg, subject_rng(seed, 1, 0, i), exam_id=300000 + 17 * i, n_slices=n_slices)
+
+
 def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
              progress: bool = True, layout: str = "synthetic", workers: int = 0) -> dict:
     """Write both synthetic cohorts in their real formats under ``out_dir``.
@@ -1005,9 +1024,9 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     half of the others); two training files of one patient; kneeMRI volumes of differing
     slice counts. Runs on it with ``split_policy=fastmri``.
 
-    ``workers`` processes draw the fastMRI volumes (0: one per available core, 1: this
-    process only); every volume comes from its own seed, so the files are byte-identical
-    whatever the number of workers.
+    ``workers`` processes draw the fastMRI volumes and then the kneeMRI exams (0: one per
+    available core, 1: this process only); every volume and exam comes from its own seed,
+    so the files are byte-identical whatever the number of workers.
 
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
@@ -1068,10 +1087,10 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
 
     meta_rows = []
     diag_counts = {0: 0, 1: 0, 2: 0}
-    with progress_bar(total=cfg.kneemri_exams, desc="synthetic kneeMRI", progress=progress) as bar:
-        for i in range(cfg.kneemri_exams):
-            n_slices = cfg.kneemri_slices + (i % 3) - 1 if real and cfg.kneemri_slices > 1 else None
-            vol, row = make_kneemri_exam(cfg, subject_rng(seed, 1, 0, i), exam_id=300000 + 17 * i, n_slices=n_slices)
+    exam = functools.partial(_draw_exam, cfg, seed, real)
+    with progress_bar(total=cfg.kneemri_exams, desc="synthetic kneeMRI", progress=progress) as bar, \
+            parallel_map(exam, range(cfg.kneemri_exams), workers) as exams:
+        for vol, row in exams:
             writers.write_pck(out / "kneemri" / row["volumeFilename"], vol)
             meta_rows.append(row)
             diag_counts[row["aclDiagnosis"]] += 1
