@@ -283,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("check-data", help="validate a data directory and report what it holds and what is wrong")
+    p = sub.add_parser("check-data", help="validate a data directory and report what it holds and what is wrong",
+                       description="Validate a data directory: list what it holds, each split's count beside the "
+                                   "real download's (a warning, not an error, when a split holds fewer) and every "
+                                   "problem with its file. Exit status 1 if there is a problem.")
     p.add_argument("data", type=Path, metavar="DATA", help="data root (fastmri/, annotations/, kneemri/, MRNet-v1.0/)")
     p.add_argument("--quick", action="store_true", help="skip reading every k-space value (NaN/Inf check)")
     p.add_argument("--split-policy", choices=POLICIES, default=None,

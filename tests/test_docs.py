@@ -115,3 +115,32 @@ def test_the_bibliography_lists_the_books_sources_and_the_citation_file_is_valid
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert cff["cff-version"] == "1.2.0" and cff["title"] and cff["authors"] and "references.bib" in cff["message"]
     assert {r["doi"] for r in cff["references"] if "doi" in r} <= {e.fields.get("doi") for e in bib.entries.values()}
+
+
+def _data_page() -> str:
+    return (ROOT / "book" / "data.md").read_text()
+
+
+def test_the_data_page_shows_the_expected_counts_of_check_data():
+    """book/data.md's table of expected counts is mrlib.data.expected.EXPECTED, row for row."""
+    from mrlib.data.expected import EXPECTED
+
+    rows = re.findall(r"^\|[^|\n]*\|\s*`([^`]+)`\s*\|\s*([\d,]+)\s*\|\s*([^|]+?)\s*\|", _data_page(), re.M)
+    page = {label: (int(n.replace(",", "")), unit.replace("`.h5` ", "")) for label, n, unit in rows}
+    assert page == {e.label: (e.count, e.unit) for e in EXPECTED}
+    assert "book/data" in (ROOT / "_toc.yml").read_text()
+
+
+@pytest.mark.slow
+def test_the_data_page_shows_what_check_data_prints(tmp_path):
+    """The page's example output is what its example commands print, line for line."""
+    page = _data_page()
+    block = next(b for b in shell_blocks(ROOT / "book" / "data.md") if "check-data data-example" in b["code"])
+    shown = re.search(r"```text\n(  counts against.*?)```", page, re.S).group(1).splitlines()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block["code"]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout.splitlines()
+    assert printed[-len(shown):] == shown

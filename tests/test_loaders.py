@@ -451,3 +451,52 @@ def test_check_data_dir_clean(tmp_path):
     text = report.format()
     assert "multicoil_val: 1 file(s) ok, 3 slice(s)" in text
     assert "no problems found" in text
+
+
+def _partial_copy(root: Path) -> Path:
+    """Two validation files, three kneeMRI exams, MRNet with 3 training and 1 validation exam."""
+    write_h5(root / "fastmri" / "singlecoil_val" / "a.h5", n_slices=2)
+    write_h5(root / "fastmri" / "singlecoil_val" / "b.h5", n_slices=2, seed=1)
+    write_kneemri(root / "kneemri", n=3)
+    write_mrnet(root / "MRNet-v1.0")
+    return root
+
+
+def test_check_data_warns_for_each_split_with_fewer_files_than_the_real_download(tmp_path, capsys):
+    from mrlib.__main__ import main
+
+    data = _partial_copy(tmp_path)
+    report = check_data_dir(data)
+    assert report.ok, report.problems  # a warning is not a problem
+    short = {c.label: (c.found, c.expected) for c in report.counts if c.short}
+    assert short == {"fastmri/singlecoil_val": (2, 199), "kneemri/metadata.csv": (3, 917),
+                     "mrnet/train": (3, 1130), "mrnet/valid": (1, 120)}
+    text = report.format()
+    assert "fastmri/singlecoil_val: 2 of 199 files" in text
+    assert "warning: fastmri/singlecoil_val: 2 files, fewer than the 199 of the real download" in text
+    assert "warning: mrnet/train: 3 exams, fewer than the 1130" in text
+    assert len(report.warnings) == 4 and text.rstrip().endswith("no problems found")
+
+    assert main(["check-data", str(data), "--quick"]) == 0  # the exit status stays that of valid data
+    out = capsys.readouterr().out
+    assert "warning: kneemri/metadata.csv: 3 exams, fewer than the 917" in out
+    assert "problem" not in out.replace("no problems found", "")
+
+
+def test_check_data_does_not_warn_when_a_split_holds_what_the_real_download_holds(tmp_path, monkeypatch):
+    from mrlib.data import expected
+
+    data = _partial_copy(tmp_path)
+    rows = {("fastmri", "singlecoil_val"): 2, ("kneemri", "metadata.csv"): 3, ("mrnet", "train"): 3}
+    monkeypatch.setattr(expected, "EXPECTED", tuple(
+        e._replace(count=rows[e.dataset, e.split]) for e in expected.EXPECTED if (e.dataset, e.split) in rows))
+    report = check_data_dir(data)
+    assert report.ok and report.warnings == []
+    text = report.format()
+    assert "warning" not in text
+    assert "fastmri/singlecoil_val: 2 of 2 files" in text and "mrnet/train: 3 of 3 exams" in text
+    # a split the table has no checked count for is reported without one, and never warned about
+    assert "mrnet/valid: 1 item(s) (no checked count for the real download)" in text
+    # one file more than the real download is no warning either
+    write_h5(data / "fastmri" / "singlecoil_val" / "c.h5", n_slices=2, seed=2)
+    assert check_data_dir(data, deep=False).warnings == []

@@ -9,7 +9,9 @@ Known layouts under ``DIR``::
                                      {train,valid}-{abnormal,acl,meniscus}.csv
 
 :func:`check_data_dir` never stops at the first bad file: it records each problem as
-``(where, what)`` and goes on, so one run lists everything to fix.
+``(where, what)`` and goes on, so one run lists everything to fix. It also prints each
+split's count beside the real download's (:mod:`mrlib.data.expected`) and warns, without
+failing, when a split holds fewer: a synthetic cohort or a partial download passes, and says so.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from ..errors import DataError, ParameterError
 from . import annotations as ann
-from . import fastmri_h5, kneemri, mrnet, splits
+from . import expected, fastmri_h5, kneemri, mrnet, splits
 from .tables import read_csv
 
 
@@ -33,10 +35,26 @@ class DataReport:
     found: dict[str, Any] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
     checked_policy: str | None = None
+    sizes: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def add_size(self, dataset: str, split: str, items: int) -> None:
+        """Record how many items a split holds, named as :mod:`mrlib.data.expected` names it."""
+        self.sizes.append((dataset, split, int(items)))
+
+    @property
+    def counts(self) -> list[expected.CountCheck]:
+        """Each split's count beside the real download's."""
+        return expected.compare(self.sizes)
 
     @property
     def ok(self) -> bool:
+        """No problem found; warnings (:attr:`warnings`) do not count."""
         return not self.problems
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line for each split that holds fewer items than the real download."""
+        return [c.warning() for c in self.counts if c.short]
 
     def add(self, where: str | Path, what: str) -> None:
         self.problems.append((str(where), what))
@@ -93,6 +111,10 @@ class DataReport:
                 planes = ", ".join(f"{p} {n}" for p, n in s["planes"].items())
                 tasks = ", ".join(f"{t} {pos}/{n}" for t, (pos, n) in s["labels"].items())
                 lines.append(f"    {split}: exams per plane: {planes}; positives: {tasks}")
+        if self.counts:
+            lines.append("  counts against the real downloads:")
+            lines.extend(f"    {c.line()}" for c in self.counts)
+        lines.extend(self.warnings)
         if self.ok:
             lines.append("no problems found")
         else:
@@ -157,6 +179,7 @@ def _check_fastmri(base: Path, report: DataReport, deep: bool, policies: tuple[s
                     stats["without_target"] = stats.get("without_target", 0) + 1
             for key in ("kspace_shapes", "target_shapes", "acquisitions"):
                 stats[key] = dict(sorted(stats[key].items()))
+            report.add_size("fastmri", d.name, stats["files"] + stats["bad_files"])  # bad ones are there too
         if not entries:
             continue
         usable[challenge] = {}
@@ -198,6 +221,7 @@ def _check_annotations(csv_path: Path, report: DataReport, images: dict[str, tup
     info["labels"] = dict(sorted(Counter(df["label"]).items()))
     if reviewed is not None:
         info.update({k: counts[k] for k in ("reviewed", "positive", "negative", "unreviewed")})
+        report.add_size("annotations", list_path.name, len(reviewed))
     report.found["annotations"] = info
     # boxes are clipped to their image; one on a slice the file does not have is a problem
     for line, r in zip(df.index, df.itertuples(index=False)):
@@ -230,6 +254,7 @@ def _check_kneemri(d: Path, report: DataReport, deep: bool) -> None:
             if p is None:
                 report.add(csv_path, f"volume file {name!r} not found under {d}")
     report.found["kneemri"] = info
+    report.add_size("kneemri", csv_path.name, len(df))
 
 
 def _check_mrnet(root: Path, report: DataReport, deep: bool) -> None:
@@ -240,6 +265,7 @@ def _check_mrnet(root: Path, report: DataReport, deep: bool) -> None:
         s: dict[str, Any] = {"planes": {}, "labels": {}}
         info["splits"][split] = s
         ids: set[str] = set()
+        seen: set[str] = set()  # every exam named by a label file or a plane folder
         for task in mrnet.TASKS:
             try:
                 lab = mrnet.read_labels(root, split, task)
@@ -255,6 +281,7 @@ def _check_mrnet(root: Path, report: DataReport, deep: bool) -> None:
                 report.add(exc.where, exc.problem)
                 continue
             s["planes"][plane] = len(exams)
+            seen |= set(exams)
             missing = sorted(ids - set(exams))
             if missing:
                 more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -265,6 +292,7 @@ def _check_mrnet(root: Path, report: DataReport, deep: bool) -> None:
                         mrnet.check_exam_file(mrnet.exam_path(root, split, plane, e))
                     except DataError as exc:
                         report.add(exc.where, exc.problem)
+        report.add_size("mrnet", split, len(ids | seen))
     report.found["mrnet"] = info
 
 
