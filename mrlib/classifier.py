@@ -5,7 +5,9 @@ a mean and divide by a standard deviation measured on their data, and repeat the
 into AlexNet's three channels. kneeMRI and fastMRI slices may be smaller than 224 (the
 synthetic presets are), so a slice smaller than 224 is resized up instead of cropped.
 :func:`to_source` undoes whichever happened, so a map over the classifier's input lands
-on the pixels of the image it came from.
+on the pixels of the image it came from. MRNet-v1.0's 256-pixel slices at an input under
+224 (the CPU presets') keep Bien et al.'s field of view instead, resized down
+(:data:`MRNET_FOV`): a 64-pixel crop of them would show the middle quarter of the knee.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from .train import fit, load_weights
 INPUT_SIZE = 224
 #: Bien et al. 2018's intensity mean and standard deviation on the 0-255 scale.
 MEAN, STD = 58.09, 49.73
+#: The share of each MRNet-v1.0 slice (256 x 256) that Bien et al.'s 224 x 224 crop keeps.
+MRNET_FOV = INPUT_SIZE / 256
 
 
 def prepare_exam(
-    volume: np.ndarray | torch.Tensor, flip_ud: bool = False, where: str = "exam", size: int = INPUT_SIZE
+    volume: np.ndarray | torch.Tensor, flip_ud: bool = False, where: str = "exam", size: int = INPUT_SIZE,
+    fov: float | None = None,
 ) -> torch.Tensor:
     """Turn one exam into MRNet's input.
 
@@ -44,6 +49,10 @@ def prepare_exam(
         where: the file to name in an error.
         size: the input size; Bien et al. use 224. A smaller size (e.g. 112) cuts the
             cost four-fold for CPU presets; AlexNet's features still apply.
+        fov: keep the central ``fov`` share of each slice's height and width and resize
+            that to ``size`` (antialiased when it shrinks): MRNet-v1.0's exams take
+            :data:`MRNET_FOV`, which at ``size`` 224 is exactly Bien et al.'s crop. ``None``:
+            crop to ``size`` when the slice is at least that large, else resize up.
 
     Returns:
         float32 tensor ``(S, 3, size, size)``.
@@ -56,7 +65,16 @@ def prepare_exam(
     if flip_ud:
         x = x.flip(-2)
     h, w = x.shape[-2:]
-    if min(h, w) >= size:
+    if fov is not None:
+        if not 0.0 < fov <= 1.0:
+            raise ParameterError("fov", f"must be in (0, 1], got {fov!r}")
+        ch, cw = int(round(h * fov)), int(round(w * fov))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = x[:, top : top + ch, left : left + cw]
+        if (ch, cw) != (size, size):
+            x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=min(ch, cw) > size)[:, 0]
+    elif min(h, w) >= size:
         top, left = (h - size) // 2, (w - size) // 2
         x = x[:, top : top + size, left : left + size]
     else:
@@ -553,6 +571,8 @@ class ExamSource:
     tasks: ClassVar[tuple[str, ...]] = ()
     #: trained and scored per slice (a slice label each), exam score the maximum over slices
     per_slice: ClassVar[bool] = False
+    #: the plane of its exams; empty: chosen by the ``plane`` parameter (MRNet-v1.0 has three)
+    plane: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -565,6 +585,11 @@ class ExamSource:
         if task not in self.tasks:
             raise ParameterError("task", f"{self.name} has the tasks {', '.join(self.tasks)}, not {task!r}")
         return task
+
+    def exam_plane(self, plane: str) -> str:
+        """The plane of the exams :meth:`load` reads when given ``plane``: the source's own,
+        else ``plane``."""
+        return self.plane or plane
 
     def load(self, manifest: dict, task: str, plane: str, size: int, seed: int, progress: bool) -> ExamSet:
         """The source's :class:`ExamSet`."""
@@ -579,6 +604,7 @@ class KneeMRISource(ExamSource):
     name = "kneemri"
     description = "kneeMRI (Stajduhar et al. 2017): sagittal exams with ACL diagnoses, split 60/20/20 by label"
     tasks = ("acl", "acl_complete")
+    plane = "sagittal"
 
     def baseline(self, manifest, task):
         return kneemri_baseline(manifest, task)
@@ -610,7 +636,8 @@ class MRNetSource(ExamSource):
         for split in mrnet.SPLITS:
             series = mrnet.read_labels(root, split, task)
             for exam_id, label in progress_bar(series.items(), desc=f"MRNet {split}", progress=progress):
-                exams.append(prepare_exam(mrnet.load_exam(root, split, plane, exam_id), where=f"{split}/{exam_id}", size=size))
+                exams.append(prepare_exam(mrnet.load_exam(root, split, plane, exam_id), size=size, fov=MRNET_FOV,
+                                          where=str(mrnet.exam_path(root, split, plane, exam_id))))
                 labels.append(int(label))
                 names.append(f"{split}/{plane}/{exam_id}")
                 split_of.append(split)
@@ -647,6 +674,7 @@ class FastMRISource(ExamSource):
                    "selection role, scored on the evaluation role")
     tasks = ("lesion",)
     per_slice = True
+    plane = "coronal"
 
     def load(self, manifest, task, plane, size, seed, progress):
         """The input size is the targets' own (no resize blurs a small lesion); ``size`` is ignored.
@@ -718,7 +746,9 @@ def train_source(run, manifest: dict, cfg, seeds, device: torch.device, progress
 
     Returns:
         the metrics: ``auc``, ``auc_ci``, ``auc_ci_method``, ``n``, ``n_positive`` of the first
-        seed, the source's ``baseline_auc`` and ``baseline_auc_ci`` (one feature, no training),
+        seed, the ``task`` and the ``plane`` of the exams it learnt from (chapter 4 maps
+        fastMRI's coronal slices with it), the source's ``baseline_auc`` and
+        ``baseline_auc_ci`` (one feature, no training),
         ``seeds`` (every seed's own metrics and ``history``), and for a per-slice source
         ``slice_auc`` (evaluation split) and ``tau``.
     """
@@ -751,6 +781,7 @@ def train_source(run, manifest: dict, cfg, seeds, device: torch.device, progress
     first = per_seed[0]
     out = {k: first[k] for k in ("auc", "auc_ci", "auc_ci_method") if k in first}
     out.update(n=first["n_test"], n_positive=first["n_positive"], source=cfg.roi_source, task=task,
+               plane=source.exam_plane(cfg.plane),
                input_size=input_size, per_slice=source.per_slice, description=source.description, arch=arch,
                n_twins=len(data.twins or {}), twin_negatives=cfg.twin_negatives if data.twins else 0.0,
                seeds=per_seed, baseline_auc=float("nan"), baseline_auc_ci=[float("nan"), float("nan")])

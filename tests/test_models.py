@@ -84,6 +84,23 @@ def test_preprocessing_and_its_inverse(shape):
     np.testing.assert_allclose(flipped, back, atol=1e-6)
 
 
+def test_mrnet_exams_keep_bien_et_als_field_of_view_at_any_input_size():
+    """At 224 the MRNet-v1.0 preprocessing is Bien et al.'s 224 crop; at a CPU preset's 64 it
+    shrinks that crop instead of cutting the middle 64 pixels (a quarter of the knee) out."""
+    vol = np.zeros((2, 256, 256), np.float32)
+    vol[:, 128, 128] = 1.0
+    vol[:, 24:40, 24:40] = 2.0  # near the corner: inside Bien et al.'s crop, far outside a 64-pixel one
+    bien = classifier.prepare_exam(vol, fov=classifier.MRNET_FOV)
+    assert torch.equal(bien, classifier.prepare_exam(vol))  # exactly the 224 crop
+    small = classifier.prepare_exam(vol, size=64, fov=classifier.MRNET_FOV)
+    assert small.shape == (2, 3, 64, 64)
+    y, x = np.unravel_index(int(small[0, 0].argmax()), (64, 64))
+    assert y < 10 and x < 10, (y, x)  # the corner square, where 64 / 224 of it puts it
+    assert int((classifier.prepare_exam(vol, size=64)[0, 0] > 0).sum()) == 1  # a 64 crop keeps the centre pixel only
+    with pytest.raises(ParameterError, match="fov"):
+        classifier.prepare_exam(vol, size=64, fov=1.5)
+
+
 def test_auc_against_a_known_case():
     # 3 of the 4 positive/negative pairs are ordered correctly: AUC 0.75
     assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)

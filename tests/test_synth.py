@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import pickle
 import xml.etree.ElementTree as ET
 
@@ -342,12 +343,81 @@ def test_the_twin_baselines_darkening_table_matches_the_generator():
 
 def test_volumes_drawn_in_parallel_are_byte_identical_to_sequential(tmp_path):
     cfg = synth.SynthConfig(image_size=32, n_slices=3, n_train=3, n_val=1, n_test=2, kneemri_exams=2,
-                            kneemri_slices=3, kneemri_size=32, n_coils=2)
+                            kneemri_slices=3, kneemri_size=32, n_coils=2, mrnet_train=2, mrnet_valid=2,
+                            mrnet_slices=(20, 21))
     for workers in (1, 2):
         synth.generate(tmp_path / f"w{workers}", cfg, seed=4, progress=False, layout="real", workers=workers)
     files = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").rglob("*") if p.is_file())
-    assert len(files) > 10
+    assert len(files) > 10 and len([f for f in files if f.suffix == ".npy"]) == 12
     for rel in files:
         if rel.name == "synth.json":  # holds the seconds taken
             continue
         assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel
+
+
+# ------------------------------------------------------------------------- MRNet-v1.0
+MRNET = dict(image_size=32, n_slices=1, n_train=1, n_val=0, n_test=0, kneemri_exams=0,
+             mrnet_train=6, mrnet_valid=4, mrnet_slices=(20, 26))
+
+
+@pytest.fixture(scope="module")
+def mrnet_tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mrnet")
+    summary = synth.generate(out, synth.SynthConfig(**MRNET), seed=2, progress=False, workers=1)
+    return out / "MRNet-v1.0", summary
+
+
+def test_the_mrnet_tree_has_the_real_layout(mrnet_tree):
+    from mrlib.data import mrnet
+    from mrlib.data.check import check_data_dir
+
+    root, summary = mrnet_tree
+    assert summary["mrnet_exams"] == {"train": 6, "valid": 4}
+    ids = {"train": [f"{i:04d}" for i in range(6)], "valid": [f"{i:04d}" for i in range(6, 10)]}  # valid follows train
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        ["train", "valid"] + [f"{s}-{t}.csv" for s in ("train", "valid") for t in ("abnormal", "acl", "meniscus")])
+    slices = set()
+    for split, exam_ids in ids.items():
+        for plane in ("axial", "coronal", "sagittal"):
+            assert sorted(p.name for p in (root / split / plane).iterdir()) == [f"{e}.npy" for e in exam_ids]
+            for e in exam_ids:
+                x = np.load(root / split / plane / f"{e}.npy", allow_pickle=False)
+                assert x.dtype == np.uint8 and x.shape[1:] == (256, 256) and 20 <= x.shape[0] <= 26, (split, plane, e)
+                assert x.max() == 255 and (x == 0).mean() < 0.9  # scaled to uint8's range, not blank
+                slices.add(x.shape[0])
+        for task in ("abnormal", "acl", "meniscus"):
+            lines = (root / f"{split}-{task}.csv").read_text().splitlines()
+            assert [line.split(",")[0] for line in lines] == exam_ids  # header-less "0000,1" lines
+            assert all(re.fullmatch(r"\d{4},[01]", line) for line in lines), lines
+            labels = mrnet.read_labels(root, split, task)
+            assert summary["mrnet_labels"][split][task] == labels.sum()
+        meniscus = mrnet.read_labels(root, split, "meniscus")
+        assert meniscus.sum() == len(meniscus) // 2  # both classes in every split
+        abnormal = mrnet.read_labels(root, split, "abnormal")
+        assert (abnormal >= meniscus).all() and (abnormal >= mrnet.read_labels(root, split, "acl")).all()
+    assert len(slices) > 2, "the slice counts should vary between exams and planes"
+    report = check_data_dir(root.parent)
+    assert report.ok, report.problems
+    assert report.found["mrnet"]["splits"]["valid"]["planes"] == {"axial": 4, "coronal": 4, "sagittal": 4}
+
+
+def test_an_mrnet_meniscus_label_is_a_tear_in_its_coronal_series():
+    cfg = synth.SynthConfig(**{**MRNET, "mrnet_slices": (20, 20)})
+    for i in range(4):
+        torn = i % 2 == 0
+        exam = synth.make_mrnet_exam(cfg, synth.subject_rng(9, 3, 0, i), meniscus=torn, acl=False)
+        tears = [les for les in exam.lesions if les.label == synth.LABELS["meniscus"]]
+        assert exam.labels["meniscus"] == int(torn) and len(tears) == int(torn)
+        for tear in tears:
+            assert tear.mask.shape == exam.series["coronal"].shape and tear.mask.any()
+            assert tear.mask.any(axis=(1, 2)).sum() <= 4, "a tear crosses a few coronal slices, not the knee"
+    a, b = (synth.make_mrnet_exam(cfg, synth.subject_rng(9, 3, 0, 1), meniscus=False, acl=True) for _ in range(2))
+    assert all(a.series[p].tobytes() == b.series[p].tobytes() for p in a.series) and a.labels == b.labels
+    assert a.series["coronal"].tobytes() != exam.series["coronal"].tobytes()
+
+
+def test_mrnet_config_validation():
+    with pytest.raises(ParameterError, match="mrnet_train"):
+        synth.SynthConfig(mrnet_train=4, mrnet_valid=0)
+    with pytest.raises(ParameterError, match="mrnet_slices"):
+        synth.SynthConfig(mrnet_slices=(30, 20))

@@ -7,7 +7,10 @@ One analytic 3D knee (signed-distance primitives in millimetres) is sampled on p
   single coil) or coil sensitivities (multi-coil), Fourier transformed with
   ``fastmri.fft2c``, made noisy and stored with padded (zeroed) phase-encode columns;
 * sagittal slices (fixed x; rows = y; columns = z, anterior on the left) for the kneeMRI
-  cohort, stored as 12-bit ``uint16`` volumes indexed [slice, row, column].
+  cohort, stored as 12-bit ``uint16`` volumes indexed [slice, row, column];
+* all three planes (axial: fixed y; rows = z, anterior at the top; columns = x) for the
+  MRNet-v1.0 cohort, stored as ``uint8`` (S, 256, 256) series, each subject's meniscal or
+  ACL tear drawn once in 3D and so seen in every plane.
 
 Model coordinates: x left-right (the lateral compartment at negative x, i.e. on the
 image's left for a coronal slice), y superior (+) / inferior (-) with the joint line at
@@ -54,6 +57,8 @@ __all__ = [
     "kspace_shape",
     "make_fastmri_volume",
     "make_kneemri_exam",
+    "make_mrnet_exam",
+    "MRNetExam",
     "padding_columns",
     "subject_rng",
 ]
@@ -65,6 +70,8 @@ FOV_MM = 140.0  # fastMRI coronal reconstruction field of view (N x N target)
 KNEEMRI_FOV_MM = 150.0  # kneeMRI sagittal field of view
 SLICE_SPAN_MM = (-36.0, 32.0)  # coronal slices, posterior -> anterior (model z)
 SAGITTAL_SPAN_MM = 96.0  # sagittal slices across the knee, left-right
+MRNET_SIZE = 256  # MRNet-v1.0 slices are 256 x 256
+MRNET_FOV_MM = 150.0  # field of view of every MRNet-v1.0 series
 MIN_AREA, MAX_AREA = 0.002, 0.02  # a lesion's mask on a slice, fraction of N x N
 CHUNK_POINTS = 2_000_000  # grid points rendered at once (bounds memory)
 
@@ -99,6 +106,11 @@ class SynthConfig:
         lesion_contrast: ``(low, high)``: each lesion changes the tissue by a fraction drawn
             uniformly from this range of its full signal change (1 = fluid-bright tear).
         kneemri_contrast: the same for the kneeMRI cohort's ACL tears and edema.
+        mrnet_train, mrnet_valid: MRNet-v1.0 exams in its ``train`` and ``valid`` splits
+            (both 0: no ``MRNet-v1.0/`` tree); each split's ``meniscus`` labels are half
+            positive, its ``acl`` labels a third.
+        mrnet_slices: ``(low, high)``: each MRNet series' slice count is drawn from this
+            range, per exam and plane (the real series hold about 20 to 50 slices).
     """
 
     image_size: int = 128
@@ -115,10 +127,14 @@ class SynthConfig:
     lesion_free_fraction: float = 0.3
     lesion_contrast: tuple = (0.4, 0.9)
     kneemri_contrast: tuple = (0.1, 0.3)
+    mrnet_train: int = 0
+    mrnet_valid: int = 0
+    mrnet_slices: tuple = (20, 50)
 
     def __post_init__(self) -> None:
         minimum = dict(image_size=32, n_slices=1, n_train=0, n_val=0, n_test=0,
-                       kneemri_exams=0, kneemri_slices=1, kneemri_size=32, n_coils=1)
+                       kneemri_exams=0, kneemri_slices=1, kneemri_size=32, n_coils=1,
+                       mrnet_train=0, mrnet_valid=0)
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -144,6 +160,15 @@ class SynthConfig:
                     and 0.0 < float(lc[0]) <= float(lc[1]) <= 1.0):
                 raise ParameterError(name, f"must be (low, high) with 0 < low <= high <= 1, got {lc!r}")
             setattr(self, name, (float(lc[0]), float(lc[1])))
+        if (self.mrnet_train == 0) != (self.mrnet_valid == 0) or 0 < min(self.mrnet_train, self.mrnet_valid) < 2:
+            raise ParameterError("mrnet_train", "mrnet_train and mrnet_valid must both be 0 (no MRNet-v1.0 tree) or "
+                                                f"both at least 2, got {self.mrnet_train} and {self.mrnet_valid}")
+        ms = self.mrnet_slices
+        if not (isinstance(ms, (list, tuple)) and len(ms) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ms)
+                and 1 <= ms[0] <= ms[1]):
+            raise ParameterError("mrnet_slices", f"must be (low, high) integers with 1 <= low <= high, got {ms!r}")
+        self.mrnet_slices = (int(ms[0]), int(ms[1]))
 
 
 class Lesion(NamedTuple):
@@ -633,7 +658,7 @@ def _draw_subject(rng, contrast):
 
 def _model_coords(subj, u, v, w, view):
     """World grid -> model coordinates. Coronal: (u, v, w) = (x, y, z) with the in-plane
-    rotation in x-y; sagittal: rotation in z-y (flexion). Returns float32 x, y, z."""
+    rotation in x-y; sagittal and axial: rotation in z-y (flexion). Returns float32 x, y, z."""
     c, s = math.cos(subj.angle), math.sin(subj.angle)
     tx, ty, tz = subj.shift
     if view == "coronal":
@@ -661,6 +686,8 @@ def _grid(view, n_slices, rows, cols, pix, plane_pos):
     p = np.asarray(plane_pos, np.float32)[:, None, None]
     if view == "coronal":  # columns x (left -> right), planes z
         return c, r, p
+    if view == "axial":  # columns x (left -> right), rows z (anterior at the top), planes y
+        return c, p, r
     return p, r, -c  # sagittal: columns z, anterior on the left
 
 
@@ -923,6 +950,146 @@ def make_kneemri_exam(cfg: SynthConfig, rng: np.random.Generator,
     return vol, row
 
 
+# ------------------------------------------------------------------------- MRNet-v1.0
+#: Each MRNet-v1.0 series: its contrast, the model axis (x 0, y 1, z 2) its slices step along
+#: and the centre of its stack on that axis (mm). The real series are axial PD fat-suppressed,
+#: coronal T1 and sagittal T2 fat-suppressed; of the two tissue models here the coronal one
+#: is drawn PD, the contrast of fastMRI's coronal slices, on which its maps are used.
+_MRNET_SERIES = {"axial": ("PDFS", 1, 10.0), "coronal": ("PD", 2, 0.5 * sum(SLICE_SPAN_MM)),
+                 "sagittal": ("PDFS", 0, 0.0)}
+#: share of MRNet exams given one more lesion (edema or a cartilage defect) besides their labels'
+_MRNET_OTHER = 0.3
+
+
+class MRNetExam(NamedTuple):
+    """One MRNet-v1.0 exam: ``series`` ``{plane: uint8 (S, 256, 256)}`` (S differs between
+    planes and exams), ``labels`` ``{"abnormal", "acl", "meniscus": 0 or 1}`` and the
+    coronal series' ``lesions`` (:class:`Lesion`, masks bool ``(S, 256, 256)``)."""
+
+    series: dict
+    labels: dict
+    lesions: list
+
+
+def mrnet_render_size(cfg: SynthConfig) -> int:
+    """The grid an MRNet series is drawn on before it is resampled to 256 x 256: the pixel
+    size of the fastMRI targets (``image_size`` over 140 mm), even, from 64 (coarser, a
+    meniscal tear fades below its mask's threshold) to 256."""
+    return min(MRNET_SIZE, max(64, 2 * int(round(cfg.image_size * MRNET_FOV_MM / FOV_MM / 2))))
+
+
+def _resample(volume: np.ndarray, size: int = MRNET_SIZE) -> np.ndarray:
+    """(S, n, n) -> float32 (S, size, size), bilinear."""
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[:, None]
+        return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def make_mrnet_exam(cfg: SynthConfig, rng: np.random.Generator, meniscus: bool, acl: bool) -> MRNetExam:
+    """One MRNet-v1.0 exam (axial, coronal and sagittal series), deterministic given ``rng``.
+
+    One subject is drawn in 3D: a meniscal tear where ``meniscus`` (placed through one of
+    the coronal slices, as :class:`MeniscalTear` places a fastMRI one), an ACL tear where
+    ``acl``, and for some exams an edema or cartilage defect; every series shows them at
+    the lesion contrast of the fastMRI cohort (``cfg.lesion_contrast``). ``abnormal`` is 1
+    when the exam has any lesion. Each series holds ``cfg.mrnet_slices`` slices across
+    96 mm of the knee, drawn on :func:`mrnet_render_size`'s grid over 150 mm, with a bias
+    field and Rician noise, resampled to 256 x 256 and scaled to ``uint8`` as MRNet's are;
+    slices are stored as viewed (superior, or for axial anterior, at the top).
+    """
+    n = mrnet_render_size(cfg)
+    pix = MRNET_FOV_MM / n
+    subj = _draw_subject(rng, "PD")
+    positions = {}
+    for plane, (_, axis, centre) in _MRNET_SERIES.items():
+        ns = int(rng.integers(cfg.mrnet_slices[0], cfg.mrnet_slices[1] + 1))
+        model = centre + (np.arange(ns) - (ns - 1) / 2) * (SAGITTAL_SPAN_MM / ns)
+        positions[plane] = model * subj.scale + subj.shift[axis]
+    z_coronal = (positions["coronal"] - subj.shift[2]) / subj.scale  # model z of each coronal slice
+    kinds = ["meniscus"] * bool(meniscus) + ["acl"] * bool(acl)
+    if rng.random() < _MRNET_OTHER:
+        kinds.append(str(rng.choice(["edema", "cartilage"])))
+    specs = []
+    for kind in kinds:
+        for _ in range(100):
+            spec = _draw_lesion(kind, subj.knee, rng, float(z_coronal[rng.integers(len(z_coronal))]))
+            if spec is not None:
+                if kind == "meniscus":  # a cleft at least a pixel of the coarse grid thick, which keeps it
+                    spec = spec._replace(extra={**spec.extra, "thick": max(spec.extra["thick"], pix)})
+                specs.append(spec)
+                break
+        else:
+            raise RuntimeError(f"no coronal slice of this MRNet exam crosses a place for a {kind} lesion")
+    contrasts = rng.uniform(*cfg.lesion_contrast, size=len(specs))
+    r = ((n / 2 - np.arange(n) - 0.5) * pix).astype(np.float32)[:, None]
+    c = ((np.arange(n) - n / 2 + 0.5) * pix).astype(np.float32)[None, :]
+    series, lesions = {}, []
+    for plane, (contrast, _, _) in _MRNET_SERIES.items():
+        img, fields = _render(subj._replace(contrast=contrast), plane, positions[plane], n, n, pix, rng, specs)
+        for (w, v), lc in zip(fields, contrasts):
+            img += float(lc) * w * (v - img)
+        img *= _bias_field(rng, c, r)
+        sigma = cfg.noise * float(np.exp(rng.normal(0.0, 0.25))) * (1.3 if contrast == "PDFS" else 1.0) * float(img.max())
+        noise = rng.standard_normal(img.shape + (2,), dtype=np.float32) * sigma
+        mag = _resample(np.sqrt((img + noise[..., 0]) ** 2 + noise[..., 1] ** 2))
+        scale = 255.0 / max(float(np.percentile(mag, 99.8)), 1e-12)
+        series[plane] = np.clip(np.rint(mag * scale), 0, 255).astype(np.uint8)
+        if plane == "coronal":
+            lesions = [Lesion(LABELS[spec.kind], _resample(w) > 0.5, float(lc))
+                       for spec, (w, _), lc in zip(specs, fields, contrasts)]
+    labels = dict(abnormal=int(bool(specs)), acl=int(bool(acl)), meniscus=int(bool(meniscus)))
+    return MRNetExam(series, labels, lesions)
+
+
+class _MRNetJob(NamedTuple):
+    """MRNet-v1.0 exam ``index`` of split ``split`` (0 train, 1 valid) and its labels."""
+
+    split: int
+    index: int
+    meniscus: bool
+    acl: bool
+
+
+def _mrnet_jobs(cfg: SynthConfig, seed: int) -> list[_MRNetJob]:
+    """Every MRNet exam to draw: in each split, half the exams (a draw from the seed) get a
+    meniscal tear and a third an ACL tear, so that every split holds both labels."""
+    jobs = []
+    for split, n in enumerate((cfg.mrnet_train, cfg.mrnet_valid)):
+        rng = subject_rng(seed, 4, split, 0)
+        meniscus, acl = np.zeros(n, bool), np.zeros(n, bool)
+        meniscus[rng.permutation(n)[: n // 2]] = True
+        acl[rng.permutation(n)[: int(round(n / 3))]] = True
+        jobs += [_MRNetJob(split, i, bool(meniscus[i]), bool(acl[i])) for i in range(n)]
+    return jobs
+
+
+def _draw_mrnet(cfg: SynthConfig, seed: int, job: _MRNetJob) -> MRNetExam:
+    return make_mrnet_exam(cfg, subject_rng(seed, 3, job.split, job.index), job.meniscus, job.acl)
+
+
+def _write_mrnet(out: Path, cfg: SynthConfig, jobs: list[_MRNetJob], exams, progress: bool) -> dict:
+    """Write the MRNet-v1.0 tree of ``jobs`` (their ``exams`` in order) under ``out``; return
+    the positives of each split and task. Exams are numbered as in the real download: the
+    ``valid`` split's ids follow the ``train`` split's."""
+    root = out / "MRNet-v1.0"
+    labels: dict[str, dict[str, list]] = {split: {task: [] for task in ("abnormal", "acl", "meniscus")}
+                                          for split in ("train", "valid")}
+    with progress_bar(total=len(jobs), desc="synthetic MRNet-v1.0", progress=progress) as bar:
+        for job, exam in zip(jobs, exams):
+            split = ("train", "valid")[job.split]
+            exam_id = f"{job.index + (cfg.mrnet_train if job.split else 0):04d}"
+            for plane, volume in exam.series.items():
+                writers.write_mrnet_exam(root / split / plane / f"{exam_id}.npy", volume)
+            for task, label in exam.labels.items():
+                labels[split][task].append((exam_id, label))
+            bar.update(1)
+    for split, tasks in labels.items():
+        for task, rows in tasks.items():
+            writers.write_mrnet_labels(root / f"{split}-{task}.csv", rows)
+    return {split: {task: sum(label for _, label in rows) for task, rows in tasks.items()}
+            for split, tasks in labels.items()}
+
+
 # ------------------------------------------------------------------------- generate
 _SPLITS = ("train", "val", "test")
 
@@ -989,9 +1156,12 @@ def _quirk_rows(files: dict[str, list[str]], image_size: int, box_rows: list[dic
     return rows
 
 
-def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool, job: tuple) -> SynthVolume:
-    """Volume ``i`` of split ``split_id`` (``job = (split_id, split, i)``), from its own seed
-    alone, so volumes may be drawn in any order and in any process."""
+def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool, job: tuple) -> SynthVolume | MRNetExam:
+    """Volume ``i`` of split ``split_id`` (``job = (split_id, split, i)``), or an MRNet exam
+    (``job`` an :class:`_MRNetJob`), from its own seed alone, so volumes may be drawn in any
+    order and in any process."""
+    if isinstance(job, _MRNetJob):
+        return _draw_mrnet(cfg, seed, job)
     split_id, split, i = job
     return make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil,
                                pe=_real_width(cfg, split_id + i) if real else None,
@@ -1024,9 +1194,14 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     half of the others); two training files of one patient; kneeMRI volumes of differing
     slice counts. Runs on it with ``split_policy=fastmri``.
 
-    ``workers`` processes draw the fastMRI volumes and then the kneeMRI exams (0: one per
-    available core, 1: this process only); every volume and exam comes from its own seed,
-    so the files are byte-identical whatever the number of workers.
+    With ``cfg.mrnet_train`` and ``cfg.mrnet_valid``, also an MRNet-v1.0 tree as the real
+    download is laid out: ``MRNet-v1.0/{train,valid}/{axial,coronal,sagittal}/NNNN.npy``
+    (uint8 (S, 256, 256), :func:`make_mrnet_exam`) and the header-less label files
+    ``MRNet-v1.0/{train,valid}-{abnormal,acl,meniscus}.csv`` (lines ``0000,1``).
+
+    ``workers`` processes draw the fastMRI volumes and MRNet exams, then the kneeMRI exams
+    (0: one per available core, 1: this process only); every volume and exam comes from its
+    own seed, so the files are byte-identical whatever the number of workers.
 
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
@@ -1049,10 +1224,12 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     total = sum(counts.values())
     first_patient = None
     jobs = [(split_id, split, i) for split_id, split in enumerate(_SPLITS) for i in range(counts[split])]
+    mrnet_jobs = _mrnet_jobs(cfg, seed)
     draw = functools.partial(_draw_volume, cfg, seed, multicoil, real)
-    with progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar, \
-            parallel_map(draw, jobs, workers) as volumes:
-        for (split_id, split, i), vol in zip(jobs, volumes):
+    mrnet_labels = {}
+    with parallel_map(draw, jobs + mrnet_jobs, workers) as volumes, \
+            progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar:
+        for (split_id, split, i), vol in zip(jobs, volumes):  # zip stops before taking an MRNet exam
             fname = f"file{file_no + 1000 * split_id + i}"
             layout_rng = subject_rng(seed, 2, split_id, i)
             if split == "train" and i == 0:
@@ -1077,6 +1254,8 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
             for lesion in vol.lesions:
                 lesion_counts[lesion.label] = lesion_counts.get(lesion.label, 0) + 1
             bar.update(1)
+        if mrnet_jobs:
+            mrnet_labels = _write_mrnet(out, cfg, mrnet_jobs, volumes, progress)
     n_boxes = len(box_rows)
     if real:
         box_rows += _quirk_rows(names, cfg.image_size, box_rows)
@@ -1102,6 +1281,7 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
         challenge=challenge, layout=layout, counts=counts, n_boxes=n_boxes, lesions=lesion_counts,
         kneemri_exams=cfg.kneemri_exams,
         kneemri_labels={str(k): v for k, v in diag_counts.items()},
+        mrnet_exams={"train": cfg.mrnet_train, "valid": cfg.mrnet_valid}, mrnet_labels=mrnet_labels,
         seconds=round(time.perf_counter() - t0, 2),
     )
     write_json(out / "synth.json", dict(config=asdict(cfg), seed=int(seed), multicoil=bool(multicoil),

@@ -5,7 +5,9 @@
   ``max``, ``norm``, ``patient_id``;
 * kneeMRI: one pickled ``uint16`` ndarray per exam (pickle protocol 2) and
   ``metadata.csv``;
-* fastMRI+ boxes: ``file,slice,study_level,x,y,width,height,label``.
+* fastMRI+ boxes: ``file,slice,study_level,x,y,width,height,label``;
+* MRNet-v1.0: one ``.npy`` ``uint8`` (S, 256, 256) per exam and plane, and header-less
+  label files of ``exam,label`` lines (``0000,1``).
 """
 
 from __future__ import annotations
@@ -167,6 +169,26 @@ def write_pck(path, volume: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(np.ascontiguousarray(volume), f, protocol=2)
+    return Path(path)
+
+
+def write_mrnet_exam(path, volume: np.ndarray) -> Path:
+    """Save one MRNet-v1.0 series, ``uint8`` ``(S, H, W)``, as a plain ``.npy``."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or volume.dtype != np.uint8:
+        raise DataError(path, f"an MRNet exam must be uint8 (slices, H, W), got {volume.dtype} {volume.shape}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+            np.save(f, np.ascontiguousarray(volume), allow_pickle=False)
+    return Path(path)
+
+
+def write_mrnet_labels(path, rows: Iterable[tuple[str, int]]) -> Path:
+    """Write an MRNet-v1.0 label file as the real ones are: no header, ``exam,label`` lines
+    (``0000,1``), exam ids zero-padded to four digits."""
+    lines = "".join(f"{str(exam).zfill(4)},{int(label)}\n" for exam, label in rows)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(lines)
     return Path(path)
 
 
