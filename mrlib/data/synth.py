@@ -856,8 +856,8 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
 
     cimg = coil_images(img)
     sigma = cfg.noise * noise_factor * float(np.abs(cimg).max()) / math.sqrt(2.0)
-    noise = rng.standard_normal(cimg.shape + (2,), dtype=np.float32) * sigma
-    noise = (noise[..., 0] + 1j * noise[..., 1]).astype(np.complex64)
+    # the (real, imaginary) pairs read as complex64 in place: no complex128 temporary
+    noise = (rng.standard_normal(cimg.shape + (2,), dtype=np.float32) * sigma).view(np.complex64)[..., 0]
     pad = padding_columns(pe)
 
     def acquire(image):
