@@ -260,7 +260,7 @@ def _check_kneemri(d: Path, report: DataReport, deep: bool) -> None:
 def _check_mrnet(root: Path, report: DataReport, deep: bool, data_dir: Path) -> None:
     # the root relative to the data directory, as the manifest records every other path:
     # a run directory copied or moved elsewhere holds the same results
-    info: dict[str, Any] = {"root": root.relative_to(data_dir).as_posix() or ".", "splits": {}}
+    info: dict[str, Any] = {"root": root.relative_to(data_dir).as_posix(), "splits": {}}
     for split in mrnet.SPLITS:
         if not (root / split).is_dir() and not any((root / f"{split}-{t}.csv").is_file() for t in mrnet.TASKS):
             continue
@@ -351,5 +351,5 @@ def check_data_dir(path: str | Path, deep: bool = True, split_policy: str | None
     if knee_dir.is_dir():
         _check_kneemri(knee_dir, report, deep)
     if mr_root is not None:
-        _check_mrnet(mr_root, report, deep, Path(path))
+        _check_mrnet(mr_root, report, deep, root)
     return report

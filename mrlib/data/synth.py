@@ -1156,12 +1156,21 @@ def _quirk_rows(files: dict[str, list[str]], image_size: int, box_rows: list[dic
     return rows
 
 
-def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool, job: tuple) -> SynthVolume | MRNetExam:
-    """Volume ``i`` of split ``split_id`` (``job = (split_id, split, i)``), or an MRNet exam
-    (``job`` an :class:`_MRNetJob`), from its own seed alone, so volumes may be drawn in any
-    order and in any process."""
+class _KneeJob(NamedTuple):
+    """kneeMRI exam ``index``."""
+
+    index: int
+
+
+def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool,
+                 job: tuple) -> SynthVolume | MRNetExam | tuple[np.ndarray, dict]:
+    """Volume ``i`` of split ``split_id`` (``job = (split_id, split, i)``), an MRNet exam
+    (``job`` an :class:`_MRNetJob`) or a kneeMRI exam (a :class:`_KneeJob`), from its own
+    seed alone, so subjects may be drawn in any order and in any process."""
     if isinstance(job, _MRNetJob):
         return _draw_mrnet(cfg, seed, job)
+    if isinstance(job, _KneeJob):
+        return _draw_exam(cfg, seed, real, job.index)
     split_id, split, i = job
     return make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil,
                                pe=_real_width(cfg, split_id + i) if real else None,
@@ -1199,9 +1208,9 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     (uint8 (S, 256, 256), :func:`make_mrnet_exam`) and the header-less label files
     ``MRNet-v1.0/{train,valid}-{abnormal,acl,meniscus}.csv`` (lines ``0000,1``).
 
-    ``workers`` processes draw the fastMRI volumes and MRNet exams, then the kneeMRI exams
-    (0: one per available core, 1: this process only); every volume and exam comes from its
-    own seed, so the files are byte-identical whatever the number of workers.
+    One pool of ``workers`` processes draws the fastMRI volumes, the MRNet exams and the
+    kneeMRI exams (0: one per available core, 1: this process only); every volume and exam
+    comes from its own seed, so the files are byte-identical whatever the number of workers.
 
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
     """
@@ -1226,8 +1235,11 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     jobs = [(split_id, split, i) for split_id, split in enumerate(_SPLITS) for i in range(counts[split])]
     mrnet_jobs = _mrnet_jobs(cfg, seed)
     draw = functools.partial(_draw_volume, cfg, seed, multicoil, real)
+    knee_jobs = [_KneeJob(i) for i in range(cfg.kneemri_exams)]
     mrnet_labels = {}
-    with parallel_map(draw, jobs + mrnet_jobs, workers) as volumes, \
+    meta_rows = []
+    diag_counts = {0: 0, 1: 0, 2: 0}
+    with parallel_map(draw, jobs + mrnet_jobs + knee_jobs, workers) as volumes, \
             progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar:
         for (split_id, split, i), vol in zip(jobs, volumes):  # zip stops before taking an MRNet exam
             fname = f"file{file_no + 1000 * split_id + i}"
@@ -1256,6 +1268,12 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
             bar.update(1)
         if mrnet_jobs:
             mrnet_labels = _write_mrnet(out, cfg, mrnet_jobs, volumes, progress)
+        with progress_bar(total=cfg.kneemri_exams, desc="synthetic kneeMRI", progress=progress) as knee_bar:
+            for _, (vol, row) in zip(knee_jobs, volumes):
+                writers.write_pck(out / "kneemri" / row["volumeFilename"], vol)
+                meta_rows.append(row)
+                diag_counts[row["aclDiagnosis"]] += 1
+                knee_bar.update(1)
     n_boxes = len(box_rows)
     if real:
         box_rows += _quirk_rows(names, cfg.image_size, box_rows)
@@ -1264,16 +1282,6 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
         writers.write_file_list(out / "annotations" / "knee_file_list.csv", reviewed)
     writers.write_boxes_csv(out / "annotations" / "knee.csv", box_rows)
 
-    meta_rows = []
-    diag_counts = {0: 0, 1: 0, 2: 0}
-    exam = functools.partial(_draw_exam, cfg, seed, real)
-    with progress_bar(total=cfg.kneemri_exams, desc="synthetic kneeMRI", progress=progress) as bar, \
-            parallel_map(exam, range(cfg.kneemri_exams), workers) as exams:
-        for vol, row in exams:
-            writers.write_pck(out / "kneemri" / row["volumeFilename"], vol)
-            meta_rows.append(row)
-            diag_counts[row["aclDiagnosis"]] += 1
-            bar.update(1)
     if meta_rows:  # no cohort, no kneemri/ (an empty metadata.csv is not a kneeMRI directory)
         writers.write_kneemri_metadata(out / "kneemri" / "metadata.csv", meta_rows)
 
