@@ -14,6 +14,7 @@ import pytest
 
 import fastmri
 from fastmri.data import SliceDataset
+from fastmri.data import transforms as T
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import UnetDataTransform, to_tensor
 
@@ -353,6 +354,33 @@ def test_volumes_drawn_in_parallel_are_byte_identical_to_sequential(tmp_path):
         if rel.name == "synth.json":  # holds the seconds taken
             continue
         assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel
+
+
+def test_the_render_does_not_depend_on_its_block_size(monkeypatch):
+    """The renderer works through blocks of rows (``CHUNK_POINTS`` grid points at a time);
+    every value is elementwise arithmetic, so any block size gives the same bytes."""
+    cfg = synth.SynthConfig(image_size=48, n_slices=4, kneemri_slices=4, kneemri_size=48)
+
+    def draw():
+        vol = synth.make_fastmri_volume(cfg, synth.subject_rng(3, 0, 0, 1), twin=True)
+        exam, _ = synth.make_kneemri_exam(cfg, synth.subject_rng(3, 1, 0, 1))
+        return [vol.kspace, vol.target, vol.twin, exam, *[les.mask for les in vol.lesions]]
+
+    whole = draw()
+    monkeypatch.setattr(synth, "CHUNK_POINTS", 1000)  # a few rows per block
+    for a, b in zip(whole, draw(), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_the_generators_fft_is_fastmris_to_the_bit():
+    rng = np.random.default_rng(0)
+    image = (rng.standard_normal((2, 3, 10, 8)) + 1j * rng.standard_normal((2, 3, 10, 8))).astype(np.complex64)
+    kspace = synth._fft2c(image)
+    assert kspace.dtype == np.complex64
+    assert kspace.tobytes() == T.tensor_to_complex_np(fastmri.fft2c(T.to_tensor(image))).tobytes()
+    target = synth._ifft_crop(kspace, 6)
+    expected = fastmri.rss(fastmri.complex_abs(T.complex_center_crop(fastmri.ifft2c(T.to_tensor(kspace)), (6, 6))), 1)
+    assert target.shape == (2, 6, 6) and target.tobytes() == expected.numpy().tobytes()
 
 
 # ------------------------------------------------------------------------- MRNet-v1.0

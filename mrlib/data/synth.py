@@ -36,7 +36,7 @@ from typing import Any, ClassVar, NamedTuple
 import fastmri
 import numpy as np
 import torch
-from fastmri.data.transforms import complex_center_crop, tensor_to_complex_np, to_tensor
+from fastmri.data.transforms import complex_center_crop, tensor_to_complex_np
 
 from ..artifacts import write_json
 from ..errors import ParameterError
@@ -691,9 +691,9 @@ def _grid(view, n_slices, rows, cols, pix, plane_pos):
     return p, r, -c  # sagittal: columns z, anterior on the left
 
 
-def _planes(a: np.ndarray, sl: slice) -> np.ndarray:
-    """The planes ``sl`` of a grid array that varies along them; as it is if it does not."""
-    return a[sl] if a.shape[0] > 1 else a
+def _rows(a: np.ndarray, sl: slice) -> np.ndarray:
+    """The rows ``sl`` of a grid array that varies along them; as it is if it does not."""
+    return a[:, sl] if a.shape[1] > 1 else a
 
 
 def _render(subj, view, plane_pos, rows, cols, pix, rng, specs):
@@ -708,15 +708,17 @@ def _render(subj, view, plane_pos, rows, cols, pix, rng, specs):
     edge = max(pix, 0.6) / subj.scale
     img = np.empty(shape, np.float32)
     fields = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in specs]
-    step = max(1, CHUNK_POINTS // (rows * cols))
-    for s0 in range(0, shape[0], step):
-        sl = slice(s0, min(shape[0], s0 + step))
-        u, v, w = _grid(view, shape[0], rows, cols, pix, plane_pos)
-        x, y, z = _model_coords(subj, _planes(u, sl), _planes(v, sl), _planes(w, sl), view)
-        f = _render_anatomy(subj.knee, x, y, z, sig, edge, [t[sl] for t in tex])
-        img[sl] = f.image
+    u, v, w = _grid(view, shape[0], rows, cols, pix, plane_pos)
+    # blocks of rows across every plane: what depends on the in-plane position alone is
+    # computed once per block, and a block's arrays stay in the core's cache
+    step = max(1, CHUNK_POINTS // (shape[0] * cols))
+    for r0 in range(0, rows, step):
+        rs = slice(r0, min(rows, r0 + step))
+        x, y, z = _model_coords(subj, _rows(u, rs), _rows(v, rs), _rows(w, rs), view)
+        f = _render_anatomy(subj.knee, x, y, z, sig, edge, [t[:, rs] for t in tex])
+        img[:, rs] = f.image
         for spec, (wf, vf) in zip(specs, fields):
-            wf[sl], vf[sl] = _lesion_field(spec, subj.knee, x, y, z, f.sdf, sig, edge)
+            wf[:, rs], vf[:, rs] = _lesion_field(spec, subj.knee, x, y, z, f.sdf, sig, edge)
     return img, fields
 
 
@@ -758,19 +760,27 @@ def _centre_crop_slices(n_total, n):
     return slice(start, start + n)
 
 
+def _as_real_tensor(array: np.ndarray) -> torch.Tensor:
+    """complex64 (..., H, W) -> float32 tensor (..., H, W, 2), fastmri's layout, sharing the
+    array's memory (``fastmri``'s ``to_tensor`` copies it into a stacked array; the values
+    are the same)."""
+    return torch.view_as_real(torch.from_numpy(np.ascontiguousarray(array, np.complex64)))
+
+
 def _ifft_crop(kspace: np.ndarray, n: int) -> np.ndarray:
     """abs(centre crop(ifft2c(kspace))) (RSS over coils for 4D), float32, via fastmri."""
     with torch.no_grad():
-        image = fastmri.ifft2c(to_tensor(kspace))
+        image = fastmri.ifft2c(_as_real_tensor(kspace))
         image = fastmri.complex_abs(complex_center_crop(image, (n, n)))
         if kspace.ndim == 4:
             image = fastmri.rss(image, dim=1)
-    return image.numpy().astype(np.float32)
+    return image.numpy().astype(np.float32, copy=False)
 
 
 def _fft2c(image: np.ndarray) -> np.ndarray:
+    """fastmri's centred orthonormal 2-D FFT of complex64 (..., H, W), complex64."""
     with torch.no_grad():
-        return tensor_to_complex_np(fastmri.fft2c(to_tensor(image))).astype(np.complex64)
+        return tensor_to_complex_np(fastmri.fft2c(_as_real_tensor(image)))
 
 
 def slice_positions(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -861,15 +871,20 @@ def make_fastmri_volume(cfg: SynthConfig, rng: np.random.Generator, multicoil: b
     pad = padding_columns(pe)
 
     def acquire(image):
-        kspace = _fft2c(image.astype(np.complex64)) + noise
+        kspace = _fft2c(image)
+        kspace += noise
         kspace[..., :pad] = 0
         kspace[..., pe - pad:] = 0
         return np.ascontiguousarray(kspace, dtype=np.complex64)
 
     kspace = acquire(cimg)
     target = _ifft_crop(kspace, n)
-    twin_kspace = acquire(coil_images(clean)) if twin else None
-    twin_target = _ifft_crop(twin_kspace, n) if twin else None
+    twin_kspace = twin_target = None
+    if twin and render_lesions and lesions:
+        twin_kspace = acquire(coil_images(clean))
+        twin_target = _ifft_crop(twin_kspace, n)
+    elif twin:  # no lesion in the image: the twin's acquisition is this one, to the bit
+        twin_kspace, twin_target = kspace.copy(), target.copy()
 
     header = writers.ismrmrd_header(
         encoded=(rows, pe, 1), recon=(n, n, 1), fov_mm=FOV_MM,
