@@ -44,6 +44,29 @@ def finished(run_dir: Path) -> bool:
     return stamp.is_file() and set(json.loads(stamp.read_text()).get("finished", [])) == set(NOTEBOOKS)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the markers
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests that share an expensive fixture on one pytest-xdist worker.
+
+    The suite runs on two workers (``-n 2 --dist loadgroup`` in pyproject.toml); a session
+    or module fixture is made once per worker that needs it. So every test that reads the
+    shared smoke runs (:func:`smoke_pair`) is one group, and every module with a
+    module-scoped fixture (a cohort, a trained model) is one group; the other tests go
+    wherever a worker is free.
+    """
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if "smoke_pair" in info.names_closure:
+            group = "smoke_pair"
+        elif any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            group = item.module.__name__
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 class SmokeRun:
     """A finished run and what its command printed (stdout and stderr, interleaved)."""
 
@@ -58,6 +81,13 @@ def smoke_pair(tmp_path_factory) -> tuple[SmokeRun, SmokeRun]:
     """Two ``mrlib book`` runs started at the same time into two run directories: ``a`` the
     full smoke chain, ``b`` the shrunk one (:data:`SHRUNK`, the uninterrupted reference of
     the killed-run test), each with its book; made once per session and shared."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker makes it: the groups of the hook above hold
+        claim = tmp_path_factory.getbasetemp().parent / "smoke_pair.worker"
+        try:
+            claim.open("x").write(os.environ["PYTEST_XDIST_WORKER"])
+        except FileExistsError:
+            pytest.fail(f"the shared smoke runs are made a second time, on another worker than {claim.read_text()}: "
+                        "pytest-xdist's --dist loadgroup lost its groups (pytest-dev/pytest-xdist#1386)")
     base = tmp_path_factory.getbasetemp() / "smoke_pair"
     base.mkdir(exist_ok=True)
     args = {"a": ["book", "--preset", "smoke", "--run-dir", str(base / "a")],
