@@ -73,7 +73,7 @@ SAGITTAL_SPAN_MM = 96.0  # sagittal slices across the knee, left-right
 MRNET_SIZE = 256  # MRNet-v1.0 slices are 256 x 256
 MRNET_FOV_MM = 150.0  # field of view of every MRNet-v1.0 series
 MIN_AREA, MAX_AREA = 0.002, 0.02  # a lesion's mask on a slice, fraction of N x N
-CHUNK_POINTS = 2_000_000  # grid points rendered at once (bounds memory)
+CHUNK_POINTS = 250_000  # grid points rendered at once: a block's float32 arrays (1 MB) stay in cache
 
 # Relative signal of each tissue: proton density (PD) and PD fat-suppressed (PDFS).
 _SIGNAL = {
@@ -633,7 +633,7 @@ def _texture(rng, shape, pix, sigma_mm, band=False):
     g = gauss(*sigma_mm)
     if band:
         g = g - gauss(3.0 * sigma_mm[0], 3.0 * sigma_mm[1])
-    out = np.fft.irfft2(f * g.astype(np.complex64), s=(h, w)).astype(np.float32)
+    out = np.fft.irfft2(f * g.astype(np.complex64), s=(h, w)).astype(np.float32, copy=False)
     out /= out.std() + 1e-12
     return out
 
@@ -1187,9 +1187,11 @@ def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool,
     if isinstance(job, _KneeJob):
         return _draw_exam(cfg, seed, real, job.index)
     split_id, split, i = job
-    return make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil,
-                               pe=_real_width(cfg, split_id + i) if real else None,
-                               twin=not (real and split == "test"))
+    vol = make_fastmri_volume(cfg, subject_rng(seed, 0, split_id, i), multicoil,
+                              pe=_real_width(cfg, split_id + i) if real else None,
+                              twin=not (real and split == "test"))
+    # a training twin is written without its k-space: do not send it back from a worker
+    return vol._replace(twin_kspace=None) if split == "train" else vol
 
 
 def _draw_exam(cfg: SynthConfig, seed: int, real: bool, i: int) -> tuple[np.ndarray, dict]:

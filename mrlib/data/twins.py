@@ -57,7 +57,9 @@ def write_twin(path: str | Path, twin: np.ndarray, masks: Sequence[np.ndarray], 
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("twin", data=np.asarray(twin, np.float32), compression="gzip", compression_opts=4)
+            # a noisy image hardly compresses (gzip saved 13 % of a 320 x 320 twin, at 0.36 s each);
+            # the masks are nearly all zeros
+            f.create_dataset("twin", data=np.asarray(twin, np.float32))
             f.create_dataset("lesion_masks", data=np.asarray(masks, np.uint8), compression="gzip", compression_opts=4)
             if kspace is not None:  # noise does not compress
                 f.create_dataset("kspace", data=np.asarray(kspace, np.complex64))
