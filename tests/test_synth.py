@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import pickle
@@ -21,6 +22,7 @@ from fastmri.data.transforms import UnetDataTransform, to_tensor
 from mrlib.data import synth, twins, writers
 from mrlib.data.annotations import COLUMNS, flip_y
 from mrlib.errors import DataError, ParameterError
+from mrlib.presets import get_preset
 
 N = 64
 SMALL = dict(image_size=N, n_slices=4, n_train=2, n_val=1, n_test=1,
@@ -354,6 +356,35 @@ def test_volumes_drawn_in_parallel_are_byte_identical_to_sequential(tmp_path):
         if rel.name == "synth.json":  # holds the seconds taken
             continue
         assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel
+
+
+def test_a_small_cohort_is_drawn_without_starting_worker_processes(tmp_path, monkeypatch):
+    """``workers=0`` means one process per core, except for cohorts so small that starting
+    the workers (each imports torch) would take longer than drawing them here."""
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    @contextlib.contextmanager
+    def recording(func, items, workers=0):
+        asked.append(workers)
+        if workers != 1:
+            raise Stop  # a pool would start here: do not draw the large cohort
+        yield map(func, items)
+
+    monkeypatch.setattr(synth, "parallel_map", recording)
+    small = synth.SynthConfig(image_size=32, n_slices=1, n_train=1, n_val=0, n_test=0, kneemri_exams=1,
+                              kneemri_slices=1, kneemri_size=32)
+    assert synth.grid_points(small) < synth.POOL_MIN_POINTS
+    synth.generate(tmp_path / "small", small, progress=False)
+    large = synth.SynthConfig(**get_preset("default")["synth"])
+    assert synth.grid_points(large) >= synth.POOL_MIN_POINTS
+    with pytest.raises(Stop):
+        synth.generate(tmp_path / "large", large, progress=False)
+    with pytest.raises(Stop):  # asked for, a pool is used whatever the size
+        synth.generate(tmp_path / "asked", small, progress=False, workers=2)
+    assert asked == [1, 0, 2]
 
 
 def test_the_render_does_not_depend_on_its_block_size(monkeypatch):

@@ -1194,6 +1194,25 @@ def _draw_volume(cfg: SynthConfig, seed: int, multicoil: bool, real: bool,
     return vol._replace(twin_kspace=None) if split == "train" else vol
 
 
+#: Below this many grid points (:func:`grid_points`) :func:`generate` draws its cohorts in
+#: its own process: a worker process takes about 3 s to start (it imports torch and
+#: fastmri), in which this process renders several million points. The ``smoke`` cohorts
+#: (4.0 million points) take 1.4 s here and 3.2 s in two workers on 2 cores; ``default``'s
+#: (64 million) take 15 s in two workers.
+POOL_MIN_POINTS = 10_000_000
+
+
+def grid_points(cfg: SynthConfig) -> int:
+    """The grid points :func:`generate` renders for ``cfg``'s cohorts (before twins and
+    FFTs): a measure of its work. fastMRI volumes ``n_slices x 2N x PE``, kneeMRI exams
+    ``slices x size^2``, MRNet exams three series of at most ``mrnet_slices[1]`` slices."""
+    rows, pe = kspace_shape(cfg.image_size)
+    volumes = (cfg.n_train + cfg.n_val + cfg.n_test) * cfg.n_slices * rows * pe
+    exams = cfg.kneemri_exams * cfg.kneemri_slices * cfg.kneemri_size ** 2
+    mrnet = (cfg.mrnet_train + cfg.mrnet_valid) * 3 * cfg.mrnet_slices[1] * mrnet_render_size(cfg) ** 2
+    return int(volumes + exams + mrnet)
+
+
 def _draw_exam(cfg: SynthConfig, seed: int, real: bool, i: int) -> tuple[np.ndarray, dict]:
     """kneeMRI exam ``i`` from its own seed alone (as :func:`_draw_volume`); the real layout
     varies the slice count from exam to exam."""
@@ -1226,7 +1245,8 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     ``MRNet-v1.0/{train,valid}-{abnormal,acl,meniscus}.csv`` (lines ``0000,1``).
 
     One pool of ``workers`` processes draws the fastMRI volumes, the MRNet exams and the
-    kneeMRI exams (0: one per available core, 1: this process only); every volume and exam
+    kneeMRI exams (0: one per available core, or this process alone when the cohorts are
+    smaller than :data:`POOL_MIN_POINTS`; 1: this process only); every volume and exam
     comes from its own seed, so the files are byte-identical whatever the number of workers.
 
     Returns a summary (counts per split, boxes, kneeMRI labels, seconds).
@@ -1256,6 +1276,8 @@ def generate(out_dir, cfg: SynthConfig, seed: int = 0, multicoil: bool = False,
     mrnet_labels = {}
     meta_rows = []
     diag_counts = {0: 0, 1: 0, 2: 0}
+    if workers == 0 and grid_points(cfg) < POOL_MIN_POINTS:
+        workers = 1
     with parallel_map(draw, jobs + mrnet_jobs + knee_jobs, workers) as volumes, \
             progress_bar(total=total, desc=f"synthetic fastMRI ({challenge})", progress=progress) as bar:
         for (split_id, split, i), vol in zip(jobs, volumes):  # zip stops before taking an MRNet exam
