@@ -55,8 +55,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
@@ -68,8 +66,9 @@ from .metrics import LOCALIZATION_COLUMNS, box_iou, energy_in_boxes, localizatio
 from .runtime import progress_bar
 from .stats import cluster_bootstrap
 
-#: The CAM methods by lowercase name.
-METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}
+#: The CAM methods by lowercase name: the names of their ``pytorch_grad_cam`` classes
+#: (:func:`check_method` gives the class).
+METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
 #: Name of the default target layer, as stored in the heatmap file, of a model that names none
 #: (MRNet's is the same: conv2's ReLU).
@@ -97,7 +96,10 @@ def check_method(method: str) -> type:
     key = str(method).strip().lower()
     if key not in METHODS:
         raise ParameterError("method", f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
-    return METHODS[key]
+    # lazy: grad-cam imports torchvision and torch._dynamo (about 1.5 s), which every start
+    # of the command line and of a chapter that draws no map would pay for
+    import pytorch_grad_cam  # lazy: see above
+    return getattr(pytorch_grad_cam, METHODS[key])
 
 
 def default_target_layer(model: nn.Module, name: str = AUTO_LAYER) -> nn.Module:
@@ -197,6 +199,7 @@ def slice_cams(
     ``None``. Hooks are released by the CAM object's context manager, also on error.
     """
     cam_cls = check_method(method)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # lazy: as check_method's
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError("batch_size", f"must be a positive integer, got {batch_size!r}")
     x = torch.as_tensor(x)
@@ -221,7 +224,7 @@ def slice_cams(
             try:
                 for start in range(0, x.shape[0], batch_size):
                     batch = x[start : start + batch_size].to(dev, torch.float32)
-                    targets = [ClassifierOutputTarget(0)] * batch.shape[0]
+                    targets = [ClassifierOutputTarget(0)] * batch.shape[0]  # the slice's own logit
                     maps.append(np.asarray(cam(input_tensor=batch, targets=targets), dtype=np.float32))
                     scores.append(cam.outputs.detach()[:, 0].float().cpu().numpy())
             except IndexError as exc:

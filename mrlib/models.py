@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 from fastmri.models import Unet
-from torchvision.models import AlexNet_Weights, alexnet
 from torch import nn
 
 from .errors import MrlibError, ParameterError
@@ -109,6 +108,9 @@ class MRNet(nn.Module):
 
     def __init__(self, pretrained: bool = False) -> None:
         super().__init__()
+        # lazy: torchvision imports torch._dynamo (about 1 s), which every start of the
+        # command line and of a chapter without a classifier would pay for
+        from torchvision.models import AlexNet_Weights, alexnet  # lazy: see above
         weights = AlexNet_Weights.IMAGENET1K_V1 if pretrained else None
         try:
             backbone = alexnet(weights=weights)
