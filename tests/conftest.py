@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from mrlib.rundir import NOTEBOOKS, RunDir
+# One torch (OpenMP) thread per process, set before anything imports torch so that the
+# chains, kernels and CLI calls the tests start inherit it. The suite runs on two workers
+# and the smoke pair runs two chains at once: with torch's default of a thread per core,
+# three or four processes share two cores, and OpenMP threads spin at every barrier while
+# waiting for a descheduled sibling. Two concurrent smoke chains took 144 s each so, and
+# 57 s each with one thread. Runs the tests compare are all made with this one setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from mrlib.rundir import NOTEBOOKS, RunDir  # noqa: E402  (after the thread setting)
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
