@@ -286,7 +286,7 @@ class SliceBank:
         return self._fetch(_one_group(self._group, idx), idx).to(self.device)
 
 
-def _shape_groups(infos) -> tuple[list[tuple[int, int]], list[int]]:
+def _shape_groups(infos) -> tuple[list[tuple[int, ...]], list[int]]:
     """The distinct per-slice k-space shapes of ``infos`` (first-seen order) and each file's group."""
     shapes: list[tuple[int, ...]] = []
     group_of_file = []

@@ -283,7 +283,7 @@ def _draw_knee(rng: np.random.Generator) -> dict[str, Any]:
     k["effusion"] = float(rng.gamma(2.0, 0.5))
     k["tissue_gain"] = {t: float(np.exp(rng.normal(0.0, 0.07))) for t in _SIGNAL["PD"]}
     cy, cz = k["cond_c"]
-    dx, M, T = k["cond_dx"], k["M"], k["tib_top"]
+    M, T = k["M"], k["tib_top"]
     k["acl"] = ((L * (7.0 + j(0.5)), cy - 8.0 + j(1.0), cz - 12.0 + j(1.0)),
                 (L * (1.5 + j(0.4)), T + 0.5, cz + 13.0 + j(1.0)))
     k["pcl"] = ((M * (7.0 + j(0.5)), cy - 9.0 + j(1.0), cz + 6.0 + j(1.0)),
