@@ -1,4 +1,5 @@
-"""Device choice and seeding: the two things every notebook sets up first."""
+"""Device choice and seeding: the two things every notebook sets up first; and the CPU
+threads (one OpenBLAS thread for numpy and scipy, set when this module is imported)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,33 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS, so that limit_openblas_threads reaches it)
 import torch
+from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from .errors import ParameterError
+
+
+def limit_openblas_threads() -> None:
+    """Give numpy's and scipy's OpenBLAS one thread, unless ``OPENBLAS_NUM_THREADS`` is set.
+
+    mrlib's numpy work is small (a volume's ``np.linalg.norm`` in fastMRI's NMSE is one
+    BLAS dot product), but OpenBLAS runs it on a thread per core and its threads then
+    spin, waiting for more, on the cores torch's OpenMP threads need next: on 2 cores a
+    torch operation after such a call waited up to 40 ms for its second thread, and
+    chapter 6 of ``default`` took 151 s instead of 115 s. torch's own BLAS (MKL on x86,
+    an OpenBLAS under ``torch/`` on some other platforms) keeps its threads.
+    """
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    torch_dir = os.path.dirname(os.path.dirname(torch.__file__))  # site-packages: torch/, torch.libs/
+    for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        if not os.path.relpath(lib.filepath, torch_dir).startswith("torch"):
+            lib.set_num_threads(1)
+
+
+limit_openblas_threads()
 
 
 def pick_device(device: str = "auto") -> torch.device:

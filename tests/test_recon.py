@@ -115,6 +115,32 @@ def test_a_bank_on_unindexed_cuda_knows_its_tensors_are_on_the_device(data, monk
     assert bank.device == torch.device("cuda:0")
 
 
+_BLAS_PROBE = """
+import json, numpy, scipy.linalg
+from threadpoolctl import threadpool_info, threadpool_limits
+threadpool_limits(2, user_api="blas")  # as on a machine with two or more cores
+import mrlib.runtime
+print(json.dumps({d["filepath"]: d["num_threads"] for d in threadpool_info() if d["internal_api"] == "openblas"}))
+"""
+
+
+@pytest.mark.parametrize("env, threads", [({}, 1), ({"OPENBLAS_NUM_THREADS": "3"}, 2)])
+def test_importing_mrlib_gives_numpys_openblas_one_thread_unless_the_user_chose(env, threads):
+    # numpy's OpenBLAS threads spin after each call on the cores torch's OpenMP threads
+    # need next; mrlib limits them to one, unless OPENBLAS_NUM_THREADS says otherwise.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", _BLAS_PROBE], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert any("numpy" in path for path in found), found  # numpy's own OpenBLAS was seen
+    assert set(found.values()) == {threads}, found
+
+
 @pytest.fixture(scope="module")
 def multicoil(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_mc")
