@@ -14,6 +14,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS, so that limit_openblas_threads reaches it)
@@ -25,21 +26,30 @@ from .errors import ParameterError
 
 
 def limit_openblas_threads() -> None:
-    """Give numpy's and scipy's OpenBLAS one thread, unless ``OPENBLAS_NUM_THREADS`` is set.
+    """Give numpy's and scipy's OpenBLAS one thread for this process, unless
+    ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` (which OpenBLAS also reads) is set.
 
     mrlib's numpy work is small (a volume's ``np.linalg.norm`` in fastMRI's NMSE is one
     BLAS dot product), but OpenBLAS runs it on a thread per core and its threads then
     spin, waiting for more, on the cores torch's OpenMP threads need next: on 2 cores a
     torch operation after such a call waited up to 40 ms for its second thread, and
-    chapter 6 of ``default`` took 151 s instead of 115 s. torch's own BLAS (MKL on x86,
-    an OpenBLAS under ``torch/`` on some other platforms) keeps its threads.
+    chapter 6 of ``default`` took about a third longer. torch's own BLAS (MKL on x86, an
+    OpenBLAS in ``torch.libs`` on some other platforms) keeps its threads.
     """
-    if "OPENBLAS_NUM_THREADS" in os.environ:
+    if "OPENBLAS_NUM_THREADS" in os.environ or "OMP_NUM_THREADS" in os.environ:
         return
-    torch_dir = os.path.dirname(os.path.dirname(torch.__file__))  # site-packages: torch/, torch.libs/
     for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-        if not os.path.relpath(lib.filepath, torch_dir).startswith("torch"):
+        if not _inside_torch(lib.filepath):
             lib.set_num_threads(1)
+
+
+def _inside_torch(path: str) -> bool:
+    """Whether the shared library at ``path`` is torch's own (under ``torch/`` or ``torch.libs/``)."""
+    packages = Path(torch.__file__).resolve().parent.parent
+    try:
+        return Path(path).resolve().relative_to(packages).parts[0] in ("torch", "torch.libs")
+    except (ValueError, IndexError):  # elsewhere, or on another drive
+        return False
 
 
 limit_openblas_threads()
